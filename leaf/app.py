@@ -1,0 +1,70 @@
+"""Composition root: build every component from a Config and run them together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from leaf.config import Config
+from leaf.monitor import Monitor
+from leaf.server import Server
+
+log = logging.getLogger("leaf")
+
+
+class App:
+    """A running broker: the client server plus the monitoring endpoint."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.server = Server(cfg.server, cfg.authenticator())
+        self.monitor: Monitor | None = None
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.server.start()
+        opts = self.cfg.server
+        if self.cfg.http_port is not None:
+            self.monitor = Monitor(self.server)
+            await self.monitor.start(self.cfg.http_host or opts.host, self.cfg.http_port)
+            log.info("Starting http monitor on %s:%d", self.cfg.http_host or opts.host,
+                     self.monitor.port)
+        log.info("Listening for client connections on %s:%d", opts.host, self.server.port)
+        if opts.tls is not None:
+            log.info("TLS required for client connections")
+        log.info("Server is ready")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def lame_duck(self) -> None:
+        async def run() -> None:
+            await self.server.enter_lame_duck()
+            self.stop()
+        self.server.spawn(run())
+
+    async def run(self) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        handlers: list[Any] = []
+        for sig, fn in ((signal.SIGINT, self.stop), (signal.SIGTERM, self.stop),
+                        (signal.SIGUSR2, self.lame_duck)):
+            try:
+                loop.add_signal_handler(sig, fn)
+                handlers.append(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+        try:
+            await self._stop.wait()
+            log.info("Server shutting down")
+        finally:
+            for sig in handlers:
+                loop.remove_signal_handler(sig)
+            await self.close()
+
+    async def close(self) -> None:
+        if self.monitor is not None:
+            await self.monitor.close()
+        await self.server.close()

@@ -1,0 +1,221 @@
+"""In-process routing: subscriptions, queue groups and fan-out.
+
+The hub is pure: it appends wire-ready ``MSG``/``HMSG`` frames to each
+receiver's ``out`` buffer and lists the receivers that have something to
+send in ``dirty``; the driver that owns the sockets writes them out (one
+write per receiver per received chunk). Internal subscribers (bridges, the
+stream) get a callback instead of bytes.
+
+Routing a subject is done once and cached: the cache maps a subject to the
+matching subscriptions together with their pre-built ``MSG <subject> <sid>``
+prefixes, so delivering costs two buffer appends per receiver.
+"""
+
+from __future__ import annotations
+
+from random import random
+from typing import Callable, Iterable, Protocol
+
+from leaf.subjects import SubjectIndex, is_literal
+
+CRLF = b"\r\n"
+ROUTE_CACHE_SIZE = 65536
+
+# (subject, reply, hdr_len, payload) -> None; hdr_len < 0 means no headers.
+Callback = Callable[[bytes, bytes, int, bytes], None]
+
+
+class Receiver(Protocol):
+    """What the hub needs from a subscriber's owner (a client connection)."""
+
+    out: bytearray
+    queued: bool
+    echo: bool
+    headers: bool
+    out_msgs: int
+    out_bytes: int
+    subs: dict[bytes, "Subscription"]
+
+
+class Subscription:
+    """One SUB: a subject (maybe wildcard), an optional queue group, its owner."""
+
+    __slots__ = ("subject", "queue", "sid", "owner", "max_msgs", "delivered", "callback", "denied")
+
+    def __init__(
+        self,
+        subject: bytes,
+        sid: bytes,
+        owner: Receiver | None,
+        queue: bytes = b"",
+        callback: Callback | None = None,
+    ) -> None:
+        self.subject = subject
+        self.queue = queue
+        self.sid = sid
+        self.owner = owner
+        self.max_msgs = 0
+        self.delivered = 0
+        self.callback = callback
+        # Subjects this subscriber may not receive even though the pattern matches.
+        self.denied: Callable[[bytes], bool] | None = None
+
+
+_Entry = tuple[Subscription, Receiver, bytes, bytes]
+_Route = tuple[tuple[_Entry, ...], tuple[tuple[_Entry, ...], ...]]
+
+
+class Hub:
+    """Subscriptions of one account and the fan-out of messages to them."""
+
+    def __init__(self, on_dirty: Callable[[], None] | None = None) -> None:
+        self.index: SubjectIndex[Subscription] = SubjectIndex()
+        self._routes: dict[bytes, _Route] = {}
+        self.dirty: list[Receiver] = []
+        self._on_dirty = on_dirty
+        self.interest_watchers: list[Callable[[Subscription, int], None]] = []
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def add(self, sub: Subscription) -> None:
+        self.index.add(sub)
+        self._forget(sub.subject)
+        for watch in self.interest_watchers:
+            watch(sub, 1)
+
+    def remove(self, sub: Subscription) -> None:
+        if self.index.remove(sub):
+            self._forget(sub.subject)
+            for watch in self.interest_watchers:
+                watch(sub, -1)
+
+    def remove_all(self, subs: Iterable[Subscription]) -> None:
+        for sub in list(subs):
+            self.remove(sub)
+
+    def _forget(self, subject: bytes) -> None:
+        if is_literal(subject):
+            self._routes.pop(subject, None)
+        else:
+            self._routes.clear()
+
+    def has_interest(self, subject: bytes) -> bool:
+        plain, groups = self._route(subject)
+        return bool(plain or groups)
+
+    def _route(self, subject: bytes) -> _Route:
+        route = self._routes.get(subject)
+        if route is not None:
+            return route
+        plain: list[_Entry] = []
+        groups: dict[bytes, list[_Entry]] = {}
+        for sub in self.index.match(subject):
+            if sub.denied is not None and sub.denied(subject):
+                continue
+            entry = (sub, sub.owner, b"MSG " + subject + b" " + sub.sid,
+                     b"HMSG " + subject + b" " + sub.sid)
+            if sub.queue:
+                groups.setdefault(sub.queue, []).append(entry)
+            else:
+                plain.append(entry)
+        route = (tuple(plain), tuple(tuple(g) for g in groups.values()))
+        if len(self._routes) >= ROUTE_CACHE_SIZE:
+            self._routes.clear()
+        self._routes[subject] = route
+        return route
+
+    def publish(
+        self,
+        subject: bytes,
+        reply: bytes,
+        payload: bytes,
+        suffix: bytes,
+        hdr_len: int = -1,
+        origin: object = None,
+    ) -> int:
+        """Deliver one message to every matching subscriber; return how many got it.
+
+        ``suffix`` is the MSG/HMSG control-line tail after the sid (see
+        ``encode.suffix``); ``hdr_len`` >= 0 means ``payload`` starts with a
+        header block of that size.
+        """
+        route = self._routes.get(subject)
+        if route is None:
+            route = self._route(subject)
+        plain, groups = route
+        if not plain and not groups:
+            return 0
+        tail = suffix + payload + CRLF
+        expired: list[Subscription] = []
+        n = 0
+        for entry in plain:
+            if self._deliver(entry, subject, reply, payload, tail, hdr_len, origin, expired):
+                n += 1
+        for group in groups:
+            size = len(group)
+            start = int(random() * size)
+            for i in range(size):
+                entry = group[(start + i) % size]
+                if self._deliver(entry, subject, reply, payload, tail, hdr_len, origin, expired):
+                    n += 1
+                    break
+        for sub in expired:
+            self.expire(sub)
+        return n
+
+    def _deliver(
+        self,
+        entry: _Entry,
+        subject: bytes,
+        reply: bytes,
+        payload: bytes,
+        tail: bytes,
+        hdr_len: int,
+        origin: object,
+        expired: list[Subscription],
+    ) -> bool:
+        sub, rcv, prefix, hprefix = entry
+        if rcv is origin and not rcv.echo:
+            return False
+        if sub.max_msgs and sub.delivered >= sub.max_msgs:
+            return False
+        sub.delivered += 1
+        if sub.max_msgs and sub.delivered >= sub.max_msgs:
+            expired.append(sub)
+        if sub.callback is not None:
+            sub.callback(subject, reply, hdr_len, payload)
+            return True
+        out = rcv.out
+        if hdr_len < 0:
+            out += prefix
+            out += tail
+        elif rcv.headers:
+            out += hprefix
+            out += tail
+        else:  # a client without header support gets the body alone
+            body = payload[hdr_len:]
+            out += prefix
+            out += (b" " + reply if reply else b"") + b" %d\r\n" % len(body)
+            out += body
+            out += CRLF
+        rcv.out_msgs += 1
+        rcv.out_bytes += len(payload)
+        if not rcv.queued:
+            rcv.queued = True
+            self.dirty.append(rcv)
+            if len(self.dirty) == 1 and self._on_dirty is not None:
+                self._on_dirty()
+        return True
+
+    def expire(self, sub: Subscription) -> None:
+        """A subscription reached its UNSUB max: drop it everywhere."""
+        self.remove(sub)
+        owner = sub.owner
+        if owner is not None and owner.subs.get(sub.sid) is sub:
+            del owner.subs[sub.sid]
+
+    def take_dirty(self) -> list[Receiver]:
+        dirty = self.dirty
+        self.dirty = []
+        return dirty

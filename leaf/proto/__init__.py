@@ -1,0 +1,1 @@
+"""The NATS wire protocol, sans-I/O: bytes in, events out; events in, bytes out."""

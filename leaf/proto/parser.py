@@ -1,0 +1,276 @@
+"""Bytes in, events out: the NATS client protocol as a server receives it.
+
+The parser never awaits and never calls back. ``feed(data)`` returns the
+events completed by ``data``; a protocol violation raises ``ProtocolError``
+carrying the exact ``-ERR`` text nats-server would send (or None where it
+closes silently) plus the events completed before the bad byte.
+
+Speed comes from three choices: lines are found with ``bytes.find`` and the
+search resumes where it stopped (a peer dribbling one byte at a time costs
+O(n)); a partial message waits in a buffer until the byte count it needs
+has arrived, then is parsed again from its control line; and PUB/HPUB
+control lines are parsed once and cached, so a repeated line costs a dict
+lookup.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from leaf.errors import RemoteProtocolError
+from leaf.proto.events import (
+    OK,
+    PING,
+    PONG,
+    Connect,
+    Err,
+    HPub,
+    Info,
+    Pub,
+    Sub,
+    Unsub,
+)
+
+UNKNOWN_OP = "Unknown Protocol Operation"
+MAX_PAYLOAD_VIOLATION = "Maximum Payload Violation"
+MAX_CONTROL_LINE_EXCEEDED = "maximum control line exceeded"
+
+# Control lines parsed into a PUB/HPUB head, shared by the parsers of one server.
+LINE_CACHE_SIZE = 65536
+
+_new = tuple.__new__
+_SPACES = b" \t"
+
+
+def parse_size(token: bytes) -> int:
+    """nats-server's parseSize: 1-9 ASCII digits, else -1."""
+    if not token or len(token) > 9 or not token.isdigit():
+        return -1
+    return int(token)
+
+
+def split_args(arg: bytes) -> list[bytes]:
+    """Split on runs of spaces or tabs, as nats-server does."""
+    return arg.replace(b"\t", b" ").split()
+
+
+def _malformed(what: str, line: bytes) -> RemoteProtocolError:
+    # nats-server closes without an -ERR on malformed arguments.
+    return RemoteProtocolError(f"{what}: {line[:64]!r}", err=None)
+
+
+class ServerParser:
+    """Parses what a client sends to a server (CONNECT, PUB, HPUB, SUB, ...)."""
+
+    def __init__(
+        self,
+        max_control_line: int = 4096,
+        max_payload: int = 1024 * 1024,
+        line_cache: dict[bytes, tuple] | None = None,
+    ) -> None:
+        self.max_control_line = max_control_line
+        self.max_payload = max_payload
+        # Set once the client's CONNECT asked for headers; HPUB is refused before.
+        self.headers = False
+        self._cache: dict[bytes, tuple] = {} if line_cache is None else line_cache
+        self._buf = bytearray()
+        self._need = 0  # bytes the buffer must hold before anything can complete
+        self._scan = 0  # where the next newline search starts in the buffer
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Consume ``data``; return the events it completed."""
+        buf = self._buf
+        if buf:
+            buf += data
+            n = len(buf)
+            if n < self._need:
+                return []
+            if self._need == 0:  # waiting for the end of a control line
+                nl = buf.find(b"\n", self._scan)
+                if nl < 0:
+                    self._scan = n
+                    self._check_partial_line(buf)
+                    return []
+            data = bytes(buf)
+            self._buf = bytearray()
+            self._need = 0
+        elif not data:
+            return []
+        return self._parse(data)
+
+    def _parse(self, buf: bytes) -> list[Any]:
+        events: list[Any] = []
+        append = events.append
+        cache = self._cache
+        pos = 0
+        end = len(buf)
+        try:
+            while pos < end:
+                nl = buf.find(b"\n", pos)
+                if nl < 0:
+                    self._keep(buf, pos, 0, end - pos)
+                    self._check_partial_line(self._buf)
+                    break
+                stop = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
+                line = buf[pos:stop]
+                head = cache.get(line)
+                if head is None:
+                    head = self._parse_line(line)
+                    if head.__class__ is not tuple:
+                        append(head)
+                        pos = nl + 1
+                        continue
+                kind, subject, reply, size, hdr_len, suffix = head
+                start = nl + 1
+                done = start + size + 2
+                if done > end:
+                    if kind == 1 and not self.headers:
+                        raise _malformed("HPUB without headers support", line)
+                    self._keep(buf, pos, done - pos, 0)
+                    break
+                if buf[done - 2 : done] != b"\r\n":
+                    raise RemoteProtocolError("payload not followed by CRLF", err=UNKNOWN_OP)
+                if kind == 0:
+                    append(_new(Pub, (subject, reply, buf[start : done - 2], suffix)))
+                elif self.headers:
+                    append(_new(HPub, (subject, reply, hdr_len, buf[start : done - 2], suffix)))
+                else:
+                    raise _malformed("HPUB without headers support", line)
+                pos = done
+        except RemoteProtocolError as exc:
+            exc.events = events
+            self._buf = bytearray()
+            raise
+        return events
+
+    def _keep(self, buf: bytes, pos: int, need: int, scanned: int) -> None:
+        """Park the unfinished tail of ``buf`` until ``need`` bytes are there."""
+        self._buf = bytearray(buf[pos:])
+        self._need = need
+        self._scan = scanned
+
+    def _check_partial_line(self, pending: bytearray) -> None:
+        # Only the arguments count against the limit, as in nats-server.
+        if len(pending) <= self.max_control_line:
+            return
+        op_end = 0
+        while op_end < len(pending) and pending[op_end] not in _SPACES:
+            op_end += 1
+        if len(pending[op_end:].lstrip(_SPACES)) > self.max_control_line:
+            raise RemoteProtocolError("control line too long", err=MAX_CONTROL_LINE_EXCEEDED)
+
+    def _parse_line(self, line: bytes) -> Any:
+        """A control line that is not in the cache: an event, or a PUB head tuple."""
+        op = line[:8].upper()
+        handler = _OPS.get(op[:4]) or _OPS.get(op[:3])
+        if handler is None:
+            if op.startswith(b"+OK"):
+                return OK
+            if op.startswith(b"CONNECT"):
+                return self._connect(line[7:].lstrip(_SPACES))
+            raise RemoteProtocolError(f"unknown op {line[:16]!r}", err=UNKNOWN_OP)
+        return handler(self, line)
+
+    def _arg(self, line: bytes, op_len: int) -> bytes:
+        if line[op_len : op_len + 1] not in (b" ", b"\t"):
+            raise RemoteProtocolError(f"unknown op {line[:16]!r}", err=UNKNOWN_OP)
+        arg = line[op_len:].lstrip(_SPACES)
+        if len(arg) > self.max_control_line:
+            raise RemoteProtocolError("control line too long", err=MAX_CONTROL_LINE_EXCEEDED)
+        return arg
+
+    def _pub(self, line: bytes) -> tuple:
+        args = split_args(self._arg(line, 3))
+        if len(args) == 2:
+            subject, size_tok = args
+            reply = b""
+        elif len(args) == 3:
+            subject, reply, size_tok = args
+        else:
+            raise _malformed("PUB arguments", line)
+        size = parse_size(size_tok)
+        if size < 0:
+            raise _malformed("PUB size", line)
+        if size > self.max_payload:
+            raise RemoteProtocolError("payload too large", err=MAX_PAYLOAD_VIOLATION)
+        suffix = (b" " + reply if reply else b"") + b" " + size_tok + b"\r\n"
+        return self._remember(line, (0, subject, reply, size, -1, suffix))
+
+    def _hpub(self, line: bytes) -> tuple:
+        args = split_args(self._arg(line, 4))
+        if not self.headers:
+            raise _malformed("HPUB without headers support", line)
+        if len(args) == 3:
+            subject, hdr_tok, size_tok = args
+            reply = b""
+        elif len(args) == 4:
+            subject, reply, hdr_tok, size_tok = args
+        else:
+            raise _malformed("HPUB arguments", line)
+        hdr_len = parse_size(hdr_tok)
+        size = parse_size(size_tok)
+        if hdr_len < 0 or size < 0 or hdr_len > size:
+            raise _malformed("HPUB sizes", line)
+        if size > self.max_payload:
+            raise RemoteProtocolError("payload too large", err=MAX_PAYLOAD_VIOLATION)
+        suffix = (b" " + reply if reply else b"") + b" " + hdr_tok + b" " + size_tok + b"\r\n"
+        return self._remember(line, (1, subject, reply, size, hdr_len, suffix))
+
+    def _remember(self, line: bytes, head: tuple) -> tuple:
+        cache = self._cache
+        if len(cache) >= LINE_CACHE_SIZE:
+            cache.clear()
+        cache[line] = head
+        return head
+
+    def _sub(self, line: bytes) -> Sub:
+        args = split_args(self._arg(line, 3))
+        if len(args) == 2:
+            return Sub(args[0], b"", args[1])
+        if len(args) == 3:
+            return Sub(args[0], args[1], args[2])
+        raise _malformed("SUB arguments", line)
+
+    def _unsub(self, line: bytes) -> Unsub:
+        if line[:5].upper() != b"UNSUB":
+            raise RemoteProtocolError(f"unknown op {line[:16]!r}", err=UNKNOWN_OP)
+        args = split_args(self._arg(line, 5))
+        if len(args) == 1:
+            return Unsub(args[0], 0)
+        if len(args) == 2:
+            return Unsub(args[0], parse_size(args[1]))
+        raise _malformed("UNSUB arguments", line)
+
+    def _connect(self, arg: bytes) -> Connect:
+        if len(arg) > self.max_control_line:
+            raise RemoteProtocolError("control line too long", err=MAX_CONTROL_LINE_EXCEEDED)
+        return Connect(_json_object(arg, "CONNECT"))
+
+    def _info(self, line: bytes) -> Info:
+        return Info(_json_object(self._arg(line, 4), "INFO"))
+
+    def _err(self, line: bytes) -> Err:
+        return Err(self._arg(line, 4).decode("utf-8", "replace").strip("'"))
+
+
+def _json_object(arg: bytes, op: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(arg)
+    except (ValueError, UnicodeDecodeError):
+        raise RemoteProtocolError(f"{op} is not JSON", err=None) from None
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError(f"{op} is not a JSON object", err=None)
+    return obj
+
+
+_OPS: dict[bytes, Callable[[ServerParser, bytes], Any]] = {
+    b"PUB": ServerParser._pub,
+    b"HPUB": ServerParser._hpub,
+    b"SUB": ServerParser._sub,
+    b"UNSU": ServerParser._unsub,
+    b"PING": lambda self, line: PING,
+    b"PONG": lambda self, line: PONG,
+    b"INFO": ServerParser._info,
+    b"-ERR": ServerParser._err,
+}

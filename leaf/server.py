@@ -1,0 +1,506 @@
+"""The asyncio driver for client connections: sockets in, parser, hub, sockets out.
+
+Thin by intent: protocol decisions live in ``proto`` and routing in ``hub``.
+Each received chunk is parsed into events, routed, and every receiver the
+chunk touched gets one ``transport.write`` at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from leaf import NATS_COMPAT_VERSION
+from leaf.auth import AUTH_VIOLATION, Authenticator
+from leaf.errors import ProtocolError
+from leaf.hub import Hub, Subscription
+from leaf.proto import encode
+from leaf.proto.conn import ClientSession, Keepalive
+from leaf.proto.events import Connect, Err, HPub, Info, Ok, Ping, Pong, Pub, Sub, Unsub
+from leaf.proto.parser import ServerParser
+from leaf.subjects import is_valid_literal_subject, is_valid_subject, matches
+
+log = logging.getLogger("leaf.server")
+
+MAX_CONNECTIONS_EXCEEDED = "maximum connections exceeded"
+MAX_SUBS_EXCEEDED = "maximum subscriptions exceeded"
+INVALID_SUBJECT = "Invalid Subject"
+INVALID_PUBLISH_SUBJECT = "Invalid Publish Subject"
+RESERVED_REPLY_PREFIXES = (b"_R_.", b"$JS.ACK.", b"_GR_.")
+READ_HIGH_WATER = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Everything the client-facing server needs; built by ``config``."""
+
+    host: str = "127.0.0.1"
+    port: int = 4222
+    name: str = ""
+    max_payload: int = 1024 * 1024
+    max_control_line: int = 4096
+    max_connections: int = 65536
+    max_subscriptions: int = 0
+    max_pending: int = 64 * 1024 * 1024
+    write_deadline: float = 10.0
+    keepalive: Keepalive = Keepalive()
+    tls: ssl.SSLContext | None = None
+    tls_verify: bool = False
+    lame_duck_duration: float = 120.0
+    lame_duck_grace: float = 10.0
+
+
+def _quote(subject: bytes) -> str:
+    return '"' + subject.decode("utf-8", "replace") + '"'
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client socket. Also the hub's Receiver for its subscriptions."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.hub = server.hub
+        self.cid = server.next_cid()
+        self.out = bytearray()
+        self.queued = False
+        self.echo = True
+        self.headers = False
+        self.subs: dict[bytes, Subscription] = {}
+        self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.close_reason = ""
+        self.ip, self.port = "", 0
+        self.start = time.time()
+        self.parser = ServerParser(
+            server.options.max_control_line, server.options.max_payload, server.line_cache)
+        self.session: ClientSession | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._pub_allowed: dict[bytes, bool] | None = None
+
+    # -- asyncio callbacks -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.ip, self.port = peer[0], peer[1]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        server = self.server
+        info = server.client_info(self.cid, self.ip)
+        loop = asyncio.get_running_loop()
+        self.session = ClientSession(info, server.auth, server.options.keepalive, loop.time())
+        transport.write(self.session.info_line())
+        if not server.register(self):
+            self._fail(MAX_CONNECTIONS_EXCEEDED)
+            return
+        if server.options.tls is not None:
+            transport.pause_reading()
+            server.spawn(self._start_tls(loop, transport))
+        self._arm_timer()
+
+    async def _start_tls(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
+        try:
+            tls = await loop.start_tls(
+                transport, self, self.server.options.tls, server_side=True,
+                ssl_handshake_timeout=self.server.options.keepalive.auth_timeout + 1)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
+            log.debug("cid=%d TLS handshake failed: %s", self.cid, exc)
+            self.close("TLS handshake failed")
+            return
+        if tls is None or self.closed:
+            return
+        self.transport = tls  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        assert session is not None
+        session.last_in = asyncio.get_running_loop().time()
+        try:
+            events = self.parser.feed(data)
+        except ProtocolError as exc:
+            self._run_then_fail(exc.events, exc)
+            return
+        try:
+            self._process(events)
+        except ProtocolError as exc:
+            self._fail(exc.err)
+        self.server.flush()
+
+    def _run_then_fail(self, events: list[Any], exc: ProtocolError) -> None:
+        try:
+            self._process(events)
+        except ProtocolError as inner:
+            exc = inner
+        self._fail(exc.err)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close("client closed connection" if exc is None else f"read error: {exc}")
+
+    def pause_writing(self) -> None:
+        # The client stopped reading; give it write_deadline to catch up.
+        loop = asyncio.get_running_loop()
+        self._stall_timer = loop.call_later(
+            self.server.options.write_deadline, self._slow_consumer, "write deadline exceeded")
+
+    def resume_writing(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    # -- protocol ----------------------------------------------------------
+    def _process(self, events: list[Any]) -> None:
+        session = self.session
+        assert session is not None
+        hub = self.hub
+        for ev in events:
+            cls = ev.__class__
+            if cls is Pub or cls is HPub:
+                if not session.connected:
+                    session.require_connect()
+                subject = ev.subject
+                if self._pub_allowed is not None and not self._may_publish(subject, ev.reply):
+                    continue
+                if session.pedantic and not is_valid_literal_subject(subject):
+                    self._send(encode.err(INVALID_PUBLISH_SUBJECT))
+                if session.verbose:
+                    self._send(encode.OK)
+                payload = ev.payload
+                self.in_msgs += 1
+                self.in_bytes += len(payload)
+                if cls is Pub:
+                    n = hub.publish(subject, ev.reply, payload, ev.suffix, -1, self)
+                else:
+                    n = hub.publish(subject, ev.reply, payload, ev.suffix, ev.hdr_len, self)
+                if n == 0 and ev.reply and session.no_responders:
+                    self._no_responders(subject, ev.reply)
+            elif cls is Sub:
+                session.require_connect()
+                self._subscribe(ev)
+            elif cls is Unsub:
+                session.require_connect()
+                self._unsubscribe(ev)
+            elif cls is Ping:
+                session.require_connect()
+                self._send(encode.PONG)
+            elif cls is Pong:
+                session.require_connect()
+                session.receive_pong()
+            elif cls is Connect:
+                self._connect(ev)
+            elif cls is Err:
+                session.require_connect()
+                raise ProtocolError(f"client sent -ERR {ev.text}", err=None)
+            elif cls is Info or cls is Ok:
+                session.require_connect()
+
+    def _connect(self, ev: Connect) -> None:
+        session = self.session
+        assert session is not None
+        was_connected = session.connected
+        try:
+            reply = session.receive_connect(ev.options, asyncio.get_running_loop().time())
+        finally:
+            self.parser.headers = session.headers
+            self.echo = session.echo
+            self.headers = session.headers
+        perms = session.user.permissions
+        if perms.publish_allow is not None or perms.publish_deny:
+            self._pub_allowed = {}
+        if not was_connected and session.user.user:
+            log.debug("cid=%d authenticated as %s", self.cid, session.user.user)
+        self._send(reply)
+        self._arm_timer()
+
+    def _may_publish(self, subject: bytes, reply: bytes) -> bool:
+        cache = self._pub_allowed
+        assert cache is not None and self.session is not None
+        allowed = cache.get(subject)
+        if allowed is None:
+            allowed = self.session.user.permissions.can_publish(subject)
+            if len(cache) > 4096:
+                cache.clear()
+            cache[subject] = allowed
+        if not allowed:
+            self._send(encode.err(f"Permissions Violation for Publish to {_quote(subject)}"))
+            return False
+        if reply and reply.startswith(RESERVED_REPLY_PREFIXES):
+            self._send(encode.err(f"Permissions Violation for Publish with Reply of {_quote(reply)}"))
+            return False
+        return True
+
+    def _subscribe(self, ev: Sub) -> None:
+        session = self.session
+        assert session is not None
+        subject, queue, sid = ev
+        perms = session.user.permissions
+        if not perms.can_subscribe(subject, queue):
+            text = f"Permissions Violation for Subscription to {_quote(subject)}"
+            if queue:
+                text += f" using queue {_quote(queue)}"
+            self._send(encode.err(text))
+            return
+        limit = self.server.options.max_subscriptions
+        if limit and len(self.subs) >= limit:
+            self._send(encode.err(MAX_SUBS_EXCEEDED))
+            return
+        if not is_valid_subject(subject) or (queue and not is_valid_subject(queue)):
+            self._send(encode.err(INVALID_SUBJECT))
+            return
+        if sid not in self.subs:
+            sub = Subscription(subject, sid, self, queue)
+            if perms.subscribe_deny:
+                sub.denied = perms.deny_delivery
+            self.subs[sid] = sub
+            self.hub.add(sub)
+        if session.verbose:
+            self._send(encode.OK)
+
+    def _unsubscribe(self, ev: Unsub) -> None:
+        sub = self.subs.get(ev.sid)
+        if sub is not None:
+            if ev.max_msgs > 0 and ev.max_msgs > sub.delivered:
+                sub.max_msgs = ev.max_msgs
+            else:
+                del self.subs[ev.sid]
+                self.hub.remove(sub)
+        assert self.session is not None
+        if self.session.verbose:
+            self._send(encode.OK)
+
+    def _no_responders(self, subject: bytes, reply: bytes) -> None:
+        for sub in self.subs.values():
+            if matches(sub.subject, reply):
+                headers = encode.no_responders(subject)
+                self._send(encode.hmsg(reply, sub.sid, b"", len(headers), headers))
+                return
+
+    # -- output and lifecycle ---------------------------------------------
+    def _send(self, data: bytes) -> None:
+        if not data:
+            return
+        self.out += data
+        if not self.queued:
+            self.queued = True
+            self.hub.dirty.append(self)
+
+    def flush(self) -> None:
+        self.queued = False
+        out = self.out
+        if not out:
+            return
+        transport = self.transport
+        if self.closed or transport is None:
+            out.clear()
+            return
+        transport.write(bytes(out))
+        out.clear()
+        if transport.get_write_buffer_size() > self.server.options.max_pending:
+            self._slow_consumer("pending bytes over max_pending")
+
+    def _slow_consumer(self, why: str) -> None:
+        if self.closed:
+            return
+        self.server.slow_consumers += 1
+        log.warning("cid=%d %s:%d slow consumer (%s), closing", self.cid, self.ip, self.port, why)
+        self.close("slow consumer")
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail(self, err: str | None) -> None:
+        """Send ``-ERR`` (if any) and close, as nats-server does on a fatal error."""
+        if self.closed:
+            return
+        if err is not None:
+            self._send(encode.err(err))
+            log.debug("cid=%d -ERR '%s'", self.cid, err)
+        self.flush()
+        self.close(err or "protocol error")
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        for t in (self._timer, self._stall_timer):
+            if t is not None:
+                t.cancel()
+        self.hub.remove_all(self.subs.values())
+        self.server.unregister(self)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _arm_timer(self) -> None:
+        if self.closed or self.session is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(self.session.deadline(), self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self.session is not None
+        try:
+            self._send(self.session.on_timer(asyncio.get_running_loop().time()))
+        except ProtocolError as exc:
+            self._fail(exc.err)
+            return
+        self.flush()
+        self._arm_timer()
+
+    def enter_lame_duck(self) -> None:
+        if self.session is not None and self.session.protocol >= 1:
+            self._send(self.session.lame_duck_info())
+            self.flush()
+
+    @property
+    def pending_bytes(self) -> int:
+        t = self.transport
+        return len(self.out) + (t.get_write_buffer_size() if t is not None else 0)
+
+
+class Server:
+    """The client-facing NATS server: listener, connections, hub and counters."""
+
+    def __init__(self, options: ServerOptions, auth: Authenticator | None = None,
+                 hub: Hub | None = None) -> None:
+        self.options = options
+        self.auth = auth or Authenticator()
+        self.hub = hub or Hub(on_dirty=self._schedule_flush)
+        self.server_id = _server_id()
+        self.name = options.name or self.server_id
+        self.line_cache: dict[bytes, tuple] = {}
+        self.connections: dict[int, ClientConnection] = {}
+        self.closed_totals = [0, 0, 0, 0]  # in_msgs, in_bytes, out_msgs, out_bytes
+        self.total_connections = 0
+        self.slow_consumers = 0
+        self.start_time = time.time()
+        self.lame_duck = False
+        self.port = options.port
+        self._cid = 0
+        self._listener: asyncio.AbstractServer | None = None
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def next_cid(self) -> int:
+        self._cid += 1
+        return self._cid
+
+    def client_info(self, cid: int, ip: str) -> dict[str, Any]:
+        opts = self.options
+        info: dict[str, Any] = {
+            "server_id": self.server_id,
+            "server_name": self.name,
+            "version": NATS_COMPAT_VERSION,
+            "proto": 1,
+            "go": "leaf",
+            "host": opts.host,
+            "port": self.port,
+            "headers": True,
+            "max_payload": opts.max_payload,
+            "client_id": cid,
+            "client_ip": ip,
+        }
+        if opts.tls is not None:
+            info["tls_required"] = True
+            info["tls_available"] = True
+            if opts.tls_verify:
+                info["tls_verify"] = True
+        return info
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            lambda: ClientConnection(self), self.options.host, self.options.port,
+            reuse_address=True, backlog=1024)
+        sock = self._listener.sockets[0]
+        self.port = sock.getsockname()[1]
+
+    def register(self, conn: ClientConnection) -> bool:
+        if len(self.connections) >= self.options.max_connections:
+            return False
+        self.connections[conn.cid] = conn
+        self.total_connections += 1
+        return True
+
+    def unregister(self, conn: ClientConnection) -> None:
+        if self.connections.pop(conn.cid, None) is not None:
+            t = self.closed_totals
+            t[0] += conn.in_msgs
+            t[1] += conn.in_bytes
+            t[2] += conn.out_msgs
+            t[3] += conn.out_bytes
+
+    def totals(self) -> tuple[int, int, int, int]:
+        """in_msgs, in_bytes, out_msgs, out_bytes over all connections ever."""
+        t = list(self.closed_totals)
+        for c in self.connections.values():
+            t[0] += c.in_msgs
+            t[1] += c.in_bytes
+            t[2] += c.out_msgs
+            t[3] += c.out_bytes
+        return t[0], t[1], t[2], t[3]
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write out everything the hub queued for receivers."""
+        self._flush_scheduled = False
+        hub = self.hub
+        while hub.dirty:
+            for rcv in hub.take_dirty():
+                rcv.flush()  # type: ignore[attr-defined]
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def enter_lame_duck(self) -> None:
+        """Stop accepting, tell clients, then close them spread over the duration."""
+        if self.lame_duck:
+            return
+        self.lame_duck = True
+        opts = self.options
+        log.info("entering lame duck mode, closing %d connections over %.1fs",
+                 len(self.connections), opts.lame_duck_duration)
+        if self._listener is not None:
+            self._listener.close()
+        for conn in list(self.connections.values()):
+            conn.enter_lame_duck()
+        await asyncio.sleep(opts.lame_duck_grace)
+        conns = list(self.connections.values())
+        step = opts.lame_duck_duration / max(len(conns), 1)
+        for conn in conns:
+            conn.close("lame duck mode")
+            await asyncio.sleep(step)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        for conn in list(self.connections.values()):
+            conn.flush()
+            conn.close("server shutdown")
+        if self._listener is not None:
+            await self._listener.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def _server_id() -> str:
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    raw = os.urandom(56)
+    return "N" + "".join(alphabet[b % 32] for b in raw[:55])
+
+
+__all__ = ["AUTH_VIOLATION", "ClientConnection", "Server", "ServerOptions"]
