@@ -32,9 +32,11 @@ class Receiver(Protocol):
     queued: bool
     echo: bool
     headers: bool
-    out_msgs: int
     out_bytes: int
     subs: dict[bytes, "Subscription"]
+
+    def retired(self, sub: "Subscription") -> None:
+        """``sub`` left ``subs`` after reaching its limit (keep its counts)."""
 
 
 class Subscription:
@@ -63,6 +65,7 @@ class Subscription:
 
 _Entry = tuple[Subscription, Receiver, bytes, bytes]
 _Route = tuple[tuple[_Entry, ...], tuple[tuple[_Entry, ...], ...]]
+_NO_ROUTE: _Route = ((), ())
 
 
 class Hub:
@@ -120,6 +123,8 @@ class Hub:
             else:
                 plain.append(entry)
         route = (tuple(plain), tuple(tuple(g) for g in groups.values()))
+        if not plain and not groups:
+            route = _NO_ROUTE
         if len(self._routes) >= ROUTE_CACHE_SIZE:
             self._routes.clear()
         self._routes[subject] = route
@@ -129,35 +134,52 @@ class Hub:
         self,
         subject: bytes,
         reply: bytes,
-        payload: bytes,
-        suffix: bytes,
+        size: int,
+        tail: bytes,
         hdr_len: int = -1,
         origin: object = None,
     ) -> int:
         """Deliver one message to every matching subscriber; return how many got it.
 
-        ``suffix`` is the MSG/HMSG control-line tail after the sid (see
-        ``encode.suffix``); ``hdr_len`` >= 0 means ``payload`` starts with a
-        header block of that size.
+        ``tail`` is the wire form after the subject, `` [reply] <size>\r\n
+        <payload>\r\n`` (see ``encode.tail``), ``size`` the payload size;
+        ``hdr_len`` >= 0 means the payload starts with a header block of that
+        size and the tail carries both sizes.
         """
         route = self._routes.get(subject)
         if route is None:
             route = self._route(subject)
-        plain, groups = route
-        if not plain and not groups:
+        if route is _NO_ROUTE:
             return 0
-        tail = suffix + payload + CRLF
+        plain, groups = route
         expired: list[Subscription] = []
         n = 0
         for entry in plain:
-            if self._deliver(entry, subject, reply, payload, tail, hdr_len, origin, expired):
-                n += 1
+            sub, rcv, prefix, _ = entry
+            if rcv is origin and not rcv.echo:
+                continue
+            if sub.max_msgs or sub.callback is not None or hdr_len >= 0:
+                if self._deliver(entry, subject, reply, size, tail, hdr_len, origin, expired):
+                    n += 1
+                continue
+            # The common case, inlined: a wire subscriber, no headers, no limit.
+            sub.delivered += 1
+            out = rcv.out
+            out += prefix
+            out += tail
+            rcv.out_bytes += size
+            n += 1
+            if not rcv.queued:
+                rcv.queued = True
+                self.dirty.append(rcv)
+                if len(self.dirty) == 1 and self._on_dirty is not None:
+                    self._on_dirty()
         for group in groups:
-            size = len(group)
-            start = int(random() * size)
-            for i in range(size):
-                entry = group[(start + i) % size]
-                if self._deliver(entry, subject, reply, payload, tail, hdr_len, origin, expired):
+            count = len(group)
+            first = int(random() * count)
+            for i in range(count):
+                entry = group[(first + i) % count]
+                if self._deliver(entry, subject, reply, size, tail, hdr_len, origin, expired):
                     n += 1
                     break
         for sub in expired:
@@ -169,7 +191,7 @@ class Hub:
         entry: _Entry,
         subject: bytes,
         reply: bytes,
-        payload: bytes,
+        size: int,
         tail: bytes,
         hdr_len: int,
         origin: object,
@@ -184,23 +206,19 @@ class Hub:
         if sub.max_msgs and sub.delivered >= sub.max_msgs:
             expired.append(sub)
         if sub.callback is not None:
-            sub.callback(subject, reply, hdr_len, payload)
+            sub.callback(subject, reply, hdr_len, tail[len(tail) - size - 2 : -2])
             return True
         out = rcv.out
-        if hdr_len < 0:
-            out += prefix
-            out += tail
-        elif rcv.headers:
-            out += hprefix
+        if hdr_len < 0 or rcv.headers:
+            out += hprefix if hdr_len >= 0 else prefix
             out += tail
         else:  # a client without header support gets the body alone
-            body = payload[hdr_len:]
+            body = tail[len(tail) - size - 2 + hdr_len : -2]
             out += prefix
             out += (b" " + reply if reply else b"") + b" %d\r\n" % len(body)
             out += body
             out += CRLF
-        rcv.out_msgs += 1
-        rcv.out_bytes += len(payload)
+        rcv.out_bytes += size
         if not rcv.queued:
             rcv.queued = True
             self.dirty.append(rcv)
@@ -214,6 +232,7 @@ class Hub:
         owner = sub.owner
         if owner is not None and owner.subs.get(sub.sid) is sub:
             del owner.subs[sub.sid]
+            owner.retired(sub)
 
     def take_dirty(self) -> list[Receiver]:
         dirty = self.dirty

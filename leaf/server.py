@@ -72,7 +72,8 @@ class ClientConnection(asyncio.Protocol):
         self.echo = True
         self.headers = False
         self.subs: dict[bytes, Subscription] = {}
-        self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
+        self.out_bytes = 0
+        self._retired_msgs = 0  # deliveries of subscriptions already gone
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.close_reason = ""
@@ -84,6 +85,8 @@ class ClientConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
         self._pub_allowed: dict[bytes, bool] | None = None
+        # True when a PUB needs no per-message checks (see _connect).
+        self._plain_pubs = False
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -157,49 +160,61 @@ class ClientConnection(asyncio.Protocol):
 
     # -- protocol ----------------------------------------------------------
     def _process(self, events: list[Any]) -> None:
-        session = self.session
-        assert session is not None
-        hub = self.hub
+        publish = self.hub.publish
+        plain = self._plain_pubs
         for ev in events:
             cls = ev.__class__
-            if cls is Pub or cls is HPub:
-                if not session.connected:
-                    session.require_connect()
-                subject = ev.subject
-                if self._pub_allowed is not None and not self._may_publish(subject, ev.reply):
+            if cls is Pub:
+                if plain:  # connected, no permissions, not pedantic, not verbose
+                    subject, reply, size, tail = ev
+                    if publish(subject, reply, size, tail, -1, self) == 0 and reply:
+                        self._no_delivery(subject, reply)
                     continue
-                if session.pedantic and not is_valid_literal_subject(subject):
-                    self._send(encode.err(INVALID_PUBLISH_SUBJECT))
-                if session.verbose:
-                    self._send(encode.OK)
-                payload = ev.payload
-                self.in_msgs += 1
-                self.in_bytes += len(payload)
-                if cls is Pub:
-                    n = hub.publish(subject, ev.reply, payload, ev.suffix, -1, self)
-                else:
-                    n = hub.publish(subject, ev.reply, payload, ev.suffix, ev.hdr_len, self)
-                if n == 0 and ev.reply and session.no_responders:
-                    self._no_responders(subject, ev.reply)
-            elif cls is Sub:
-                session.require_connect()
-                self._subscribe(ev)
-            elif cls is Unsub:
-                session.require_connect()
-                self._unsubscribe(ev)
-            elif cls is Ping:
-                session.require_connect()
-                self._send(encode.PONG)
-            elif cls is Pong:
-                session.require_connect()
-                session.receive_pong()
-            elif cls is Connect:
-                self._connect(ev)
-            elif cls is Err:
-                session.require_connect()
-                raise ProtocolError(f"client sent -ERR {ev.text}", err=None)
-            elif cls is Info or cls is Ok:
-                session.require_connect()
+                self._publish_checked(ev.subject, ev.reply, ev.size, ev.tail, -1)
+            elif cls is HPub:
+                self._publish_checked(ev.subject, ev.reply, ev.size, ev.tail, ev.hdr_len)
+            else:
+                self._control(ev)
+                plain = self._plain_pubs
+
+    def _publish_checked(self, subject: bytes, reply: bytes, size: int, tail: bytes,
+                         hdr_len: int) -> None:
+        session = self.session
+        assert session is not None
+        if not session.connected:
+            session.require_connect()
+        if self._pub_allowed is not None and not self._may_publish(subject, reply):
+            return
+        if session.pedantic and not is_valid_literal_subject(subject):
+            self._send(encode.err(INVALID_PUBLISH_SUBJECT))
+        if session.verbose:
+            self._send(encode.OK)
+        if self.hub.publish(subject, reply, size, tail, hdr_len, self) == 0 and reply:
+            self._no_delivery(subject, reply)
+
+    def _no_delivery(self, subject: bytes, reply: bytes) -> None:
+        session = self.session
+        if session is not None and session.no_responders:
+            self._no_responders(subject, reply)
+
+    def _control(self, ev: Any) -> None:
+        session = self.session
+        assert session is not None
+        cls = ev.__class__
+        if cls is Connect:
+            self._connect(ev)
+            return
+        session.require_connect()
+        if cls is Sub:
+            self._subscribe(ev)
+        elif cls is Unsub:
+            self._unsubscribe(ev)
+        elif cls is Ping:
+            self._send(encode.PONG)
+        elif cls is Pong:
+            session.receive_pong()
+        elif cls is Err:
+            raise ProtocolError(f"client sent -ERR {ev.text}", err=None)
 
     def _connect(self, ev: Connect) -> None:
         session = self.session
@@ -214,6 +229,8 @@ class ClientConnection(asyncio.Protocol):
         perms = session.user.permissions
         if perms.publish_allow is not None or perms.publish_deny:
             self._pub_allowed = {}
+        self._plain_pubs = (session.connected and self._pub_allowed is None
+                            and not session.pedantic and not session.verbose)
         if not was_connected and session.user.user:
             log.debug("cid=%d authenticated as %s", self.cid, session.user.user)
         self._send(reply)
@@ -270,6 +287,7 @@ class ClientConnection(asyncio.Protocol):
                 sub.max_msgs = ev.max_msgs
             else:
                 del self.subs[ev.sid]
+                self.retired(sub)
                 self.hub.remove(sub)
         assert self.session is not None
         if self.session.verbose:
@@ -359,6 +377,21 @@ class ClientConnection(asyncio.Protocol):
         if self.session is not None and self.session.protocol >= 1:
             self._send(self.session.lame_duck_info())
             self.flush()
+
+    def retired(self, sub: Subscription) -> None:
+        self._retired_msgs += sub.delivered
+
+    @property
+    def out_msgs(self) -> int:
+        return self._retired_msgs + sum(s.delivered for s in self.subs.values())
+
+    @property
+    def in_msgs(self) -> int:
+        return self.parser.msgs_in
+
+    @property
+    def in_bytes(self) -> int:
+        return self.parser.payload_bytes_in
 
     @property
     def pending_bytes(self) -> int:

@@ -60,17 +60,18 @@ def unsub(sid: bytes, max_msgs: int = 0) -> bytes:
     return b"UNSUB %b\r\n" % sid
 
 
-def suffix(reply: bytes, size: int) -> bytes:
-    """The part of a MSG control line after the sid (see events.Pub)."""
+def tail(reply: bytes, payload: bytes) -> bytes:
+    """What follows ``MSG <subject> <sid>`` on the wire (see events.Pub)."""
     if reply:
-        return b" %b %d\r\n" % (reply, size)
-    return b" %d\r\n" % size
+        return b" %b %d\r\n%b\r\n" % (reply, len(payload), payload)
+    return b" %d\r\n%b\r\n" % (len(payload), payload)
 
 
-def hsuffix(reply: bytes, hdr_len: int, total: int) -> bytes:
+def htail(reply: bytes, hdr_len: int, payload: bytes) -> bytes:
+    """The ``HMSG`` form of ``tail``; ``payload`` is header block + body."""
     if reply:
-        return b" %b %d %d\r\n" % (reply, hdr_len, total)
-    return b" %d %d\r\n" % (hdr_len, total)
+        return b" %b %d %d\r\n%b\r\n" % (reply, hdr_len, len(payload), payload)
+    return b" %d %d\r\n%b\r\n" % (hdr_len, len(payload), payload)
 
 
 def status_headers(code: int, description: str = "", **fields: str) -> bytes:

@@ -20,24 +20,34 @@ class Connect(NamedTuple):
 
 
 class Pub(NamedTuple):
-    """A client publish. ``suffix`` is the canonical `` [reply] <size>\\r\\n``
-    that follows the subject (and sid) when the message goes out again."""
+    """A publish. ``tail`` is the wire form of everything after the subject:
+    `` [reply] <size>\r\n<payload>\r\n``. Deliveries are built as
+    ``MSG <subject> <sid>`` + tail without re-formatting, and the parser cuts
+    tail out of the received bytes in one slice."""
 
     subject: bytes
     reply: bytes
-    payload: bytes
-    suffix: bytes
+    size: int
+    tail: bytes
+
+    @property
+    def payload(self) -> bytes:
+        return self.tail[len(self.tail) - self.size - 2 : -2]
 
 
 class HPub(NamedTuple):
-    """A publish with headers: ``payload`` holds header block + body,
-    ``hdr_len`` the size of the header block."""
+    """A publish with headers: the payload (see ``Pub``) is header block +
+    body, ``hdr_len`` the size of the header block."""
 
     subject: bytes
     reply: bytes
     hdr_len: int
-    payload: bytes
-    suffix: bytes
+    size: int
+    tail: bytes
+
+    @property
+    def payload(self) -> bytes:
+        return self.tail[len(self.tail) - self.size - 2 : -2]
 
 
 class Sub(NamedTuple):

@@ -77,6 +77,8 @@ class ServerParser:
         self._buf = bytearray()
         self._need = 0  # bytes the buffer must hold before anything can complete
         self._scan = 0  # where the next newline search starts in the buffer
+        self.msgs_in = 0  # PUB/HPUB messages parsed, and their payload bytes
+        self.payload_bytes_in = 0
 
     def feed(self, data: bytes) -> list[Any]:
         """Consume ``data``; return the events it completed."""
@@ -105,6 +107,7 @@ class ServerParser:
         cache = self._cache
         pos = 0
         end = len(buf)
+        msgs = payload_bytes = 0
         try:
             while pos < end:
                 nl = buf.find(b"\n", pos)
@@ -121,27 +124,51 @@ class ServerParser:
                         append(head)
                         pos = nl + 1
                         continue
-                kind, subject, reply, size, hdr_len, suffix = head
-                start = nl + 1
-                done = start + size + 2
-                if done > end:
-                    if kind == 1 and not self.headers:
-                        raise _malformed("HPUB without headers support", line)
-                    self._keep(buf, pos, done - pos, 0)
-                    break
-                if buf[done - 2 : done] != b"\r\n":
-                    raise RemoteProtocolError("payload not followed by CRLF", err=UNKNOWN_OP)
-                if kind == 0:
-                    append(_new(Pub, (subject, reply, buf[start : done - 2], suffix)))
-                elif self.headers:
-                    append(_new(HPub, (subject, reply, hdr_len, buf[start : done - 2], suffix)))
-                else:
+                kind, subject, reply, size, hdr_len, suffix, off, again = head
+                if kind == 1 and not self.headers:
                     raise _malformed("HPUB without headers support", line)
-                pos = done
+                if stop == nl:  # LF-only line: the raw bytes are not canonical
+                    off = -1
+                start = nl + 1
+                # A run of messages with the same control line (a sensor
+                # publishing one subject) is matched with one startswith per
+                # message: it checks this payload's CRLF and the next line.
+                step = len(again) - 2
+                while True:
+                    done = start + size + 2
+                    if done > end:
+                        self._keep(buf, pos, done - pos, 0)
+                        pos = end
+                        break
+                    if off >= 0:
+                        tail = buf[pos + off : done]
+                    else:
+                        tail = suffix + buf[start : done - 2] + b"\r\n"
+                    if kind == 0:
+                        append(_new(Pub, (subject, reply, size, tail)))
+                    else:
+                        append(_new(HPub, (subject, reply, hdr_len, size, tail)))
+                    msgs += 1
+                    payload_bytes += size
+                    if buf.startswith(again, done - 2):
+                        pos = done
+                        start = done + step
+                        off = head[6]
+                        continue
+                    if buf[done - 2 : done] != b"\r\n":
+                        events.pop()
+                        msgs -= 1
+                        payload_bytes -= size
+                        raise RemoteProtocolError("payload not followed by CRLF", err=UNKNOWN_OP)
+                    pos = done
+                    break
         except RemoteProtocolError as exc:
             exc.events = events
             self._buf = bytearray()
             raise
+        finally:
+            self.msgs_in += msgs
+            self.payload_bytes_in += payload_bytes
         return events
 
     def _keep(self, buf: bytes, pos: int, need: int, scanned: int) -> None:
@@ -218,6 +245,15 @@ class ServerParser:
         return self._remember(line, (1, subject, reply, size, hdr_len, suffix))
 
     def _remember(self, line: bytes, head: tuple) -> tuple:
+        # Where the subject ends in the line when the rest of the line is
+        # canonical (single spaces), so the tail can be sliced out raw; and
+        # what follows a payload when the same line comes next.
+        subject, suffix = head[1], head[5]
+        op_len = 4 if head[0] == 0 else 5
+        canonical = line[op_len : op_len + len(subject)] == subject \
+            and line[op_len + len(subject):] == suffix[:-2] and line[op_len - 1] == 32
+        off = op_len + len(subject) if canonical else -1
+        head = head + (off, b"\r\n" + line + b"\r\n")
         cache = self._cache
         if len(cache) >= LINE_CACHE_SIZE:
             cache.clear()
