@@ -186,6 +186,45 @@ class Hub:
             self.expire(sub)
         return n
 
+    def publish_batch(
+        self, subject: bytes, reply: bytes, size: int, tails: list[bytes], origin: object = None,
+    ) -> int:
+        """``publish`` for many messages on one subject (see events.PubBatch).
+
+        A wire subscriber without a limit gets all of them in one join;
+        anything that needs per-message decisions goes message by message.
+        Returns the number of messages that reached at least one subscriber.
+        """
+        route = self._routes.get(subject)
+        if route is None:
+            route = self._route(subject)
+        if route is _NO_ROUTE:
+            return 0
+        plain, groups = route
+        if groups or any(e[0].max_msgs or e[0].callback is not None for e in plain):
+            hits = 0
+            for tail in tails:
+                if self.publish(subject, reply, size, tail, -1, origin):
+                    hits += 1
+            return hits
+        count = len(tails)
+        delivered = False
+        for sub, rcv, prefix, _ in plain:
+            if rcv is origin and not rcv.echo:
+                continue
+            sub.delivered += count
+            out = rcv.out
+            out += prefix
+            out += prefix.join(tails)
+            rcv.out_bytes += size * count
+            delivered = True
+            if not rcv.queued:
+                rcv.queued = True
+                self.dirty.append(rcv)
+                if len(self.dirty) == 1 and self._on_dirty is not None:
+                    self._on_dirty()
+        return count if delivered else 0
+
     def _deliver(
         self,
         entry: _Entry,

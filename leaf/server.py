@@ -22,7 +22,7 @@ from leaf.errors import ProtocolError
 from leaf.hub import Hub, Subscription
 from leaf.proto import encode
 from leaf.proto.conn import ClientSession, Keepalive
-from leaf.proto.events import Connect, Err, HPub, Info, Ok, Ping, Pong, Pub, Sub, Unsub
+from leaf.proto.events import Connect, Err, HPub, Ping, Pong, Pub, PubBatch, Sub, Unsub
 from leaf.proto.parser import ServerParser
 from leaf.subjects import is_valid_literal_subject, is_valid_subject, matches
 
@@ -161,6 +161,7 @@ class ClientConnection(asyncio.Protocol):
     # -- protocol ----------------------------------------------------------
     def _process(self, events: list[Any]) -> None:
         publish = self.hub.publish
+        publish_batch = self.hub.publish_batch
         plain = self._plain_pubs
         for ev in events:
             cls = ev.__class__
@@ -171,6 +172,15 @@ class ClientConnection(asyncio.Protocol):
                         self._no_delivery(subject, reply)
                     continue
                 self._publish_checked(ev.subject, ev.reply, ev.size, ev.tail, -1)
+            elif cls is PubBatch:
+                if plain:
+                    subject, reply, size, tails = ev
+                    if publish_batch(subject, reply, size, tails, self) == 0 and reply:
+                        for _ in tails:
+                            self._no_delivery(subject, reply)
+                    continue
+                for one in ev.singles():
+                    self._publish_checked(one.subject, one.reply, one.size, one.tail, -1)
             elif cls is HPub:
                 self._publish_checked(ev.subject, ev.reply, ev.size, ev.tail, ev.hdr_len)
             else:

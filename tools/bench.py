@@ -3,15 +3,15 @@
     python tools/bench.py            # full: 3 runs per workload per server
     python tools/bench.py --quick    # smoke run (small counts, 1 run), < 60 s
     options: --scale F, --runs N, --only nats|leaf, --leaf-cmd "CMD {port}",
-             --filter SUBSTR, --stall SECONDS, --json FILE
+             --filter SUBSTR, --stall SECONDS, --no-pin, --json FILE
 
 Every workload run gets a fresh server process; servers alternate nats-server,
 leaf, nats-server, leaf, ... and the table shows the median of the runs.
   pub NB          1 publisher, no subscribers, 16/128/1024 B payloads; N PUBs
                   then PING, wait for PONG (the server parses in order); N/time
-  1->1 NB         1 publisher -> 1 subscriber; received / (first send .. last
+  1:1 NB          1 publisher -> 1 subscriber; received / (first send .. last
                   byte received)
-  1->4 128B       1 publisher -> 4 subscriber connections, same subject;
+  1:4 128B        1 publisher -> 4 subscriber connections, same subject;
                   deliveries/s (sum over subscribers) and publishes/s
   wildcard 128B   two subscriber connections, `sensors.*.temp` and `sensors.>`
                   (one SUB each); publisher cycles over sensors.<0..999>.temp;
@@ -20,6 +20,8 @@ leaf, nats-server, leaf, ... and the table shows the median of the runs.
                   round-robin over those subjects; deliveries/s
   req/rep         raw-socket responder on svc.echo replies to each request;
                   sequential requests timed with perf_counter_ns; p50/p99 us
+  req/rep 1 CPU   the same with the server on the client's CPU: no cross-CPU
+                  wake-ups, so it shows the server's own cost per round trip
   idle            VmRSS 0.5 s after start-up; start-up = spawn .. first TCP
                   connection that receives the INFO line
 The client is kept cheap so it measures the server, not itself: raw sockets,
@@ -28,8 +30,12 @@ threads that only count bytes (recv_into a 1 MiB buffer) against an expected
 total computed from the exact MSG frame sizes.  Flow control, the same for both
 servers: each batch ends in PING, at most 2 PINGs are unanswered and the
 publisher stays at most 4 batches ahead of every subscriber, far below the
-64 MiB slow-consumer limit.  A measurement without progress for --stall s
-(default 10) fails naming workload and server; the rest still runs, exit 1.
+64 MiB slow-consumer limit.  CPUs: the bench client runs on the last CPU, the
+server on the others (GOMAXPROCS follows), so each has a core of its own; left
+unpinned, results on a 2-vCPU VM swing widely with the scheduler's placement
+(req/rep p50 50..200 us from run to run).  --no-pin turns this off.
+A measurement without progress for --stall s (default 10) fails naming the
+workload and server; the other measurements still run; exit status is 1.
 """
 from __future__ import annotations
 
@@ -49,7 +55,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -75,6 +84,8 @@ class Config:
     quick: bool = False
     stall: float = 10.0
     startup_timeout: float = 30.0
+    client_cpus: set[int] | None = None   # None: no pinning
+    server_cpus: set[int] | None = None
 
     def count(self, full: int, quick: int) -> int:
         return max(1, int((quick if self.quick else full) * self.scale))
@@ -138,16 +149,32 @@ def got_info(port: int) -> bool | None:
         return False
 
 
-def start_server(spec: ServerSpec, cfg: Config) -> RunningServer:
-    """Spawn the server and poll-connect until INFO arrives (= start-up)."""
+@contextmanager
+def on_cpus(cpus: set[int] | None) -> Iterator[None]:
+    """Pin the calling thread (and threads/processes it starts) to cpus."""
+    if cpus is None:
+        yield
+        return
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+def start_server(spec: ServerSpec, cfg: Config,
+                 cpus: set[int] | None) -> RunningServer:
+    """Spawn the server on cpus; poll-connect until INFO arrives (= start-up)."""
     port = free_port()
     argv = [a.replace("{port}", str(port)) for a in spec.argv]
     fd, log = tempfile.mkstemp(prefix=f"bench-{spec.name}-", suffix=".log")
     t0 = time.perf_counter()
     try:
-        proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=fd,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        with on_cpus(cpus):
+            proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=fd,
+                                    stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
     except OSError as exc:
         raise BenchError(f"cannot start {argv}: {exc}") from exc
     finally:
@@ -248,10 +275,7 @@ class Client:
         self.wait_pongs(0)
 
     def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        self.sock.close()
 
 
 class Receiver(threading.Thread):
@@ -272,15 +296,16 @@ class Receiver(threading.Thread):
         try:
             while self.count < self.expected:
                 try:
-                    n = sock.recv_into(buf)
+                    k = sock.recv_into(buf)
                 except socket.timeout:
                     if time.monotonic() - last > stall:
                         raise BenchError(f"subscriber stalled for {stall} s at "
                                          f"{self.count}/{self.expected} bytes") from None
                     continue
-                if n == 0:
-                    raise BenchError(f"server closed a subscriber at {self.count}"
-                                     f"/{self.expected} bytes")
+                if k == 0:
+                    raise BenchError(f"server closed a subscriber at {self.count}/"
+                                     f"{self.expected} B; last {bytes(buf[:n][-120:])!r}")
+                n = k
                 self.count += n
                 last = time.monotonic()
             self.t_done = time.perf_counter()
@@ -473,7 +498,7 @@ def timed_requests(client: Client, inbox: str, count: int, size: int = 16) -> li
 
 
 def wl_latency(srv: RunningServer, cfg: Config, n: int, warmup: int) -> Metrics:
-    stop, errors = threading.Event(), []
+    stop, errors = threading.Event(), list[BaseException]()
     inbox = f"_INBOX.bench.{os.getpid()}"
     clients = [subscribe(srv, cfg, [("svc.echo", 1)])]
     thread = threading.Thread(target=responder, args=(clients[0], stop, errors),
@@ -507,43 +532,43 @@ class Workload:
     name: str
     fn: Callable[[RunningServer, Config], Metrics]
     rows: list[tuple[str, str, str]]     # (table label, metric, unit)
-
-
-def bind(fn: Callable[..., Metrics], **kw: object) -> Callable[[RunningServer, Config], Metrics]:
-    return lambda srv, cfg: fn(srv, cfg, **kw)
+    same_cpu: bool = False               # server pinned to the client's CPU
 
 
 def build_workloads(cfg: Config) -> list[Workload]:
     c, wls = cfg.count, []
     for size, full in ((16, 1_000_000), (128, 800_000), (1024, 300_000)):
         name = f"pub {size}B"
-        wls.append(Workload(name, bind(wl_pub_only, size=size, n=c(full, 50_000)),
-                            [(name, "rate", "msg/s")]))
+        fn = partial(wl_pub_only, size=size, n=c(full, 50_000))
+        wls.append(Workload(name, fn, [(name, "rate", "msg/s")]))
     for size, full in ((16, 400_000), (128, 400_000), (1024, 200_000)):
-        name = f"1->1 {size}B"
-        fn = bind(wl_delivery, subjects=["bench.p2p"], conns=[[("bench.p2p", 1)]],
-                  size=size, n=c(full, 20_000))
+        name = f"1:1 {size}B"
+        fn = partial(wl_delivery, subjects=["bench.p2p"], conns=[[("bench.p2p", 1)]],
+                     size=size, n=c(full, 20_000))
         wls.append(Workload(name, fn, [(name, "deliveries", "msg/s")]))
-    fn = bind(wl_delivery, subjects=["bench.fan"], conns=[[("bench.fan", 1)]] * 4,
-              size=128, n=c(200_000, 10_000))
-    wls.append(Workload("1->4 128B", fn, [
-        ("1->4 128B deliveries", "deliveries", "msg/s"),
-        ("1->4 128B per publish", "publishes", "msg/s")]))
+    fn = partial(wl_delivery, subjects=["bench.fan"], conns=[[("bench.fan", 1)]] * 4,
+                 size=128, n=c(200_000, 10_000))
+    wls.append(Workload("1:4 128B", fn, [
+        ("1:4 128B deliveries", "deliveries", "msg/s"),
+        ("1:4 128B per publish", "publishes", "msg/s")]))
     sensors = [f"sensors.{i}.temp" for i in range(1000)]
-    fn = bind(wl_delivery, subjects=sensors, size=128, n=c(200_000, 10_000),
-              conns=[[("sensors.*.temp", 1)], [("sensors.>", 1)]])
+    fn = partial(wl_delivery, subjects=sensors, size=128, n=c(200_000, 10_000),
+                 conns=[[("sensors.*.temp", 1)], [("sensors.>", 1)]])
     wls.append(Workload("wildcard 128B", fn,
                         [("wildcard 128B deliveries", "deliveries", "msg/s")]))
     subs10k = [f"bench.sub.{i}" for i in range(10_000)]
-    fn = bind(wl_delivery, subjects=subs10k, size=128, n=c(300_000, 20_000),
-              conns=[[(s, i + 1) for i, s in enumerate(subs10k)]])
+    fn = partial(wl_delivery, subjects=subs10k, size=128, n=c(300_000, 20_000),
+                 conns=[[(s, i + 1) for i, s in enumerate(subs10k)]])
     wls.append(Workload("10k subs 128B", fn,
                         [("10k subs 128B deliveries", "deliveries", "msg/s")]))
-    fn = bind(wl_latency, n=c(5_000, 1_000), warmup=c(500, 100))
+    fn = partial(wl_latency, n=c(5_000, 1_000), warmup=c(500, 100))
     wls.append(Workload("req/rep", fn, [("req/rep p50 (lower=better)", "p50", "us"),
                                         ("req/rep p99 (lower=better)", "p99", "us")]))
+    wls.append(Workload("req/rep 1cpu", fn, [("req/rep 1 CPU p50", "p50", "us"),
+                                             ("req/rep 1 CPU p99", "p99", "us")],
+                        same_cpu=True))
     wls.append(Workload("idle", wl_idle, [("idle RSS (lower=better)", "rss", "MiB"),
-                                          ("startup (lower=better)", "startup", "ms")]))
+                                          ("startup to first conn", "startup", "ms")]))
     return wls
 
 
@@ -563,8 +588,10 @@ def run_one(wl: Workload, spec: ServerSpec, cfg: Config, res: Results) -> None:
     srv: RunningServer | None = None
     failed = False
     try:
-        srv = start_server(spec, cfg)
-        metrics = wl.fn(srv, cfg)
+        with on_cpus(cfg.client_cpus):   # the start-up poll loop, too
+            srv = start_server(spec, cfg, cfg.client_cpus if wl.same_cpu
+                               else cfg.server_cpus)
+            metrics = wl.fn(srv, cfg)
         hwm = read_proc_mib(srv.proc.pid, "VmHWM")
         res.peak_rss[spec.name] = max(res.peak_rss.get(spec.name, 0.0), hwm)
         res.runs.setdefault((wl.name, spec.name), []).append(metrics)
@@ -590,11 +617,12 @@ def fmt_value(v: float | None, unit: str, ran: bool) -> str:
     return f"{v:,.1f} {unit}"
 
 
-def report(wls: list[Workload], specs: list[ServerSpec], res: Results) -> list[dict]:
+def report(wls: list[Workload], specs: list[ServerSpec],
+           res: Results) -> list[dict[str, object]]:
     """Print the table; return its rows for --json."""
     ran = {s: any(sp.name == s for sp in specs) for s in SERVERS}
     print(f"{'workload':<30}{'nats-server':>19}{'leaf':>19}{'leaf/nats':>11}")
-    rows = []
+    rows: list[dict[str, object]] = []
     for wl in wls:
         for label, metric, unit in wl.rows:
             med = {s: res.median(wl.name, s, metric) for s in SERVERS}
@@ -628,6 +656,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--filter", help="only workloads whose name contains this")
     ap.add_argument("--stall", type=float, default=10.0,
                     help="fail a measurement after this many s without progress")
+    ap.add_argument("--no-pin", action="store_true", help="pin nothing (default:"
+                    " client on the last CPU, server on the others)")
     ap.add_argument("--json", metavar="FILE", help="also write results as JSON")
     return ap.parse_args(argv)
 
@@ -641,7 +671,11 @@ def make_specs(args: argparse.Namespace, nats_path: str) -> list[ServerSpec]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg = Config(scale=args.scale, quick=args.quick, stall=args.stall)
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = not args.no_pin and len(cpus) > 1
+    cfg = Config(scale=args.scale, quick=args.quick, stall=args.stall,
+                 client_cpus={cpus[-1]} if pin else None,
+                 server_cpus=set(cpus[:-1]) if pin else None)
     runs = args.runs or (1 if args.quick else 3)
     nats_path = nats_server_path()
     specs = make_specs(args, nats_path)
@@ -653,6 +687,8 @@ def main(argv: list[str] | None = None) -> int:
             "command": shlex.join(["python"] + sys.argv),
             "runs": f"{runs} per workload per server, median shown; scale "
                     f"{args.scale}{' (quick)' if args.quick else ''}",
+            "CPUs": f"client {sorted(cfg.client_cpus)}, server {sorted(cfg.server_cpus)}"
+                    if cfg.client_cpus and cfg.server_cpus else "not pinned",
             **{f"{s.name} cmd": " ".join(s.argv) for s in specs}}
     for key, val in meta.items():
         print(f"# {key}: {val}")

@@ -35,6 +35,20 @@ class Pub(NamedTuple):
         return self.tail[len(self.tail) - self.size - 2 : -2]
 
 
+class PubBatch(NamedTuple):
+    """Consecutive PUBs with the same control line (subject, reply and size),
+    one tail each: a sensor streaming fixed-size readings costs one route
+    lookup per received chunk instead of one per message."""
+
+    subject: bytes
+    reply: bytes
+    size: int
+    tails: list[bytes]
+
+    def singles(self) -> list[Pub]:
+        return [Pub(self.subject, self.reply, self.size, t) for t in self.tails]
+
+
 class HPub(NamedTuple):
     """A publish with headers: the payload (see ``Pub``) is header block +
     body, ``hdr_len`` the size of the header block."""
