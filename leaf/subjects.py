@@ -38,8 +38,15 @@ def is_literal(subject: bytes) -> bool:
 
 
 def is_valid_literal_subject(subject: bytes) -> bool:
-    """A subject a pedantic client may publish to."""
-    return is_valid_subject(subject) and is_literal(subject)
+    """A subject a pedantic client may publish to: non-empty tokens, none a
+    wildcard. Like nats-server's IsValidLiteralSubject this does not look for
+    whitespace (a PUB subject cannot hold a space or tab; CR or FF pass)."""
+    if not subject:
+        return False
+    for tok in subject.split(b"."):
+        if not tok or tok == STAR or tok == GT:
+            return False
+    return True
 
 
 def matches(pattern: bytes, subject: bytes) -> bool:
@@ -135,8 +142,14 @@ class SubjectIndex(Generic[S]):
         return True
 
     def match(self, subject: bytes) -> list[S]:
-        """All subscriptions whose subject matches the literal ``subject``."""
+        """All subscriptions whose subject matches the literal ``subject``.
+
+        A subject with an empty token (``a..b``, ``.a``, ``a.``, empty)
+        matches nothing, as in nats-server's sublist.
+        """
         out: list[S] = []
+        if not subject or subject[:1] == b"." or subject[-1:] == b"." or b".." in subject:
+            return out
         _collect(self._root, subject.split(b"."), 0, out)
         return out
 

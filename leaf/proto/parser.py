@@ -28,6 +28,7 @@ from leaf.proto.events import (
     HPub,
     Info,
     Pub,
+    PubBatch,
     Sub,
     Unsub,
 )
@@ -51,8 +52,26 @@ def parse_size(token: bytes) -> int:
 
 
 def split_args(arg: bytes) -> list[bytes]:
-    """Split on runs of spaces or tabs, as nats-server does."""
-    return arg.replace(b"\t", b" ").split()
+    """PUB/HPUB arguments: split on runs of spaces or tabs only, as
+    nats-server's processPub does (a CR or form feed is part of a token)."""
+    args = arg.replace(b"\t", b" ").split(b" ")
+    if b"" in args:
+        args = [a for a in args if a]
+    return args
+
+
+def split_sub_args(arg: bytes) -> list[bytes]:
+    """SUB/UNSUB arguments: nats-server's splitArg also splits on CR and LF."""
+    return split_args(arg.replace(b"\r", b" ").replace(b"\n", b" "))
+
+
+# The forms a control line may start with (upper-cased) without being an
+# unknown op: ops that take arguments need a space or tab after the name;
+# CONNECT, PING, PONG and +OK take anything after it.
+_OP_FORMS = tuple(
+    op + sep for op in (b"PUB", b"HPUB", b"SUB", b"UNSUB", b"INFO", b"-ERR") for sep in (b" ", b"\t")
+) + (b"CONNECT", b"PING", b"PONG", b"+OK")
+_IGNORES_REST = (b"PING", b"PONG", b"+OK")
 
 
 def _malformed(what: str, line: bytes) -> RemoteProtocolError:
@@ -107,7 +126,8 @@ class ServerParser:
         cache = self._cache
         pos = 0
         end = len(buf)
-        msgs = payload_bytes = 0
+        msgs = nbytes = 0
+        tails = None
         try:
             while pos < end:
                 nl = buf.find(b"\n", pos)
@@ -133,7 +153,9 @@ class ServerParser:
                 # A run of messages with the same control line (a sensor
                 # publishing one subject) is matched with one startswith per
                 # message: it checks this payload's CRLF and the next line.
+                # PUBs in a run become one PubBatch.
                 step = len(again) - 2
+                tails: list[bytes] | None = None
                 while True:
                     done = start + size + 2
                     if done > end:
@@ -144,31 +166,44 @@ class ServerParser:
                         tail = buf[pos + off : done]
                     else:
                         tail = suffix + buf[start : done - 2] + b"\r\n"
-                    if kind == 0:
-                        append(_new(Pub, (subject, reply, size, tail)))
-                    else:
-                        append(_new(HPub, (subject, reply, hdr_len, size, tail)))
-                    msgs += 1
-                    payload_bytes += size
                     if buf.startswith(again, done - 2):
+                        msgs += 1
+                        nbytes += size
+                        if kind == 1:
+                            append(_new(HPub, (subject, reply, hdr_len, size, tail)))
+                        elif tails is None:
+                            tails = [tail]
+                        else:
+                            tails.append(tail)
                         pos = done
                         start = done + step
                         off = head[6]
                         continue
                     if buf[done - 2 : done] != b"\r\n":
-                        events.pop()
-                        msgs -= 1
-                        payload_bytes -= size
                         raise RemoteProtocolError("payload not followed by CRLF", err=UNKNOWN_OP)
+                    msgs += 1
+                    nbytes += size
+                    if kind == 1:
+                        append(_new(HPub, (subject, reply, hdr_len, size, tail)))
+                    elif tails is None:
+                        append(_new(Pub, (subject, reply, size, tail)))
+                    else:
+                        tails.append(tail)
                     pos = done
                     break
+                if tails is not None:
+                    append(_new(PubBatch, (subject, reply, size, tails))
+                           if len(tails) > 1 else _new(Pub, (subject, reply, size, tails[0])))
+                    tails = None
         except RemoteProtocolError as exc:
+            if tails:
+                append(_new(PubBatch, (subject, reply, size, tails)))
             exc.events = events
             self._buf = bytearray()
             raise
         finally:
             self.msgs_in += msgs
-            self.payload_bytes_in += payload_bytes
+            self.payload_bytes_in += nbytes
         return events
 
     def _keep(self, buf: bytes, pos: int, need: int, scanned: int) -> None:
@@ -178,14 +213,38 @@ class ServerParser:
         self._scan = scanned
 
     def _check_partial_line(self, pending: bytearray) -> None:
-        # Only the arguments count against the limit, as in nats-server.
+        """Vet the start of a control line whose newline has not come yet.
+
+        nats-server refuses an unknown op at its first bad byte, so we do too
+        rather than wait for a newline; and the line is kept short so that a
+        peer dribbling bytes costs O(n) and bounded memory: what follows
+        PING/PONG/+OK is dropped (ignored anyway) and a run of separators
+        after the op name is collapsed to one space.
+        """
+        head = bytes(pending[:8]).upper()
+        form = None
+        for f in _OP_FORMS:
+            if head.startswith(f):
+                form = f
+                break
+            if f.startswith(head):
+                return  # the op name is still arriving
+        if form is None:
+            raise RemoteProtocolError(f"unknown op {head!r}", err=UNKNOWN_OP)
         if len(pending) <= self.max_control_line:
             return
-        op_end = 0
-        while op_end < len(pending) and pending[op_end] not in _SPACES:
-            op_end += 1
-        if len(pending[op_end:].lstrip(_SPACES)) > self.max_control_line:
+        if form in _IGNORES_REST:
+            del pending[len(form):]
+            self._scan = len(pending)
+            return
+        start = 7 if form == b"CONNECT" else len(form) - 1
+        # Only the arguments count against the limit, as in nats-server.
+        arg = pending[start:].lstrip(_SPACES)
+        if len(arg) > self.max_control_line:
             raise RemoteProtocolError("control line too long", err=MAX_CONTROL_LINE_EXCEEDED)
+        if len(pending) - start - len(arg) > 1:
+            pending[start:] = b" " + arg
+            self._scan = len(pending)
 
     def _parse_line(self, line: bytes) -> Any:
         """A control line that is not in the cache: an event, or a PUB head tuple."""
@@ -261,7 +320,7 @@ class ServerParser:
         return head
 
     def _sub(self, line: bytes) -> Sub:
-        args = split_args(self._arg(line, 3))
+        args = split_sub_args(self._arg(line, 3))
         if len(args) == 2:
             return Sub(args[0], b"", args[1])
         if len(args) == 3:
@@ -271,7 +330,7 @@ class ServerParser:
     def _unsub(self, line: bytes) -> Unsub:
         if line[:5].upper() != b"UNSUB":
             raise RemoteProtocolError(f"unknown op {line[:16]!r}", err=UNKNOWN_OP)
-        args = split_args(self._arg(line, 5))
+        args = split_sub_args(self._arg(line, 5))
         if len(args) == 1:
             return Unsub(args[0], 0)
         if len(args) == 2:
@@ -281,7 +340,11 @@ class ServerParser:
     def _connect(self, arg: bytes) -> Connect:
         if len(arg) > self.max_control_line:
             raise RemoteProtocolError("control line too long", err=MAX_CONTROL_LINE_EXCEEDED)
-        return Connect(_json_object(arg, "CONNECT"))
+        options = _json_object(arg, "CONNECT")
+        # HPUB may follow in the same read, before the driver has seen this
+        # CONNECT: accept it as nats-server, which parses op by op, does.
+        self.headers = options.get("headers") is True
+        return Connect(options)
 
     def _info(self, line: bytes) -> Info:
         return Info(_json_object(self._arg(line, 4), "INFO"))
