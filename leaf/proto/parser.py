@@ -102,32 +102,45 @@ class ServerParser:
     def feed(self, data: bytes) -> list[Any]:
         """Consume ``data``; return the events it completed."""
         buf = self._buf
-        if buf:
-            buf += data
-            n = len(buf)
-            if n < self._need:
+        if not buf:
+            return self._parse(data, 0) if data else []
+        need = self._need
+        if need:  # waiting for the rest of a message whose size is known
+            missing = need - len(buf)
+            if len(data) < missing:
+                buf += data
                 return []
-            if self._need == 0:  # waiting for the end of a control line
-                nl = buf.find(b"\n", self._scan)
-                if nl < 0:
-                    self._scan = n
-                    self._check_partial_line(buf)
-                    return []
-            data = bytes(buf)
+            # Complete the parked message alone, then parse the rest of
+            # ``data`` in place: a big chunk is never copied.
+            buf += data[:missing]
+            first = bytes(buf)
             self._buf = bytearray()
             self._need = 0
-        elif not data:
+            events = self._parse(first, 0)
+            try:
+                events += self._parse(data, missing)
+            except RemoteProtocolError as exc:
+                exc.events = events + exc.events
+                raise
+            return events
+        buf += data
+        nl = buf.find(b"\n", self._scan)
+        if nl < 0:  # the control line is still incomplete
+            self._scan = len(buf)
+            self._check_partial_line(buf)
             return []
-        return self._parse(data)
+        data = bytes(buf)
+        self._buf = bytearray()
+        return self._parse(data, 0)
 
-    def _parse(self, buf: bytes) -> list[Any]:
+    def _parse(self, buf: bytes, pos: int) -> list[Any]:
         events: list[Any] = []
         append = events.append
         cache = self._cache
-        pos = 0
         end = len(buf)
         msgs = nbytes = 0
         tails = None
+        last_head = None
         try:
             while pos < end:
                 nl = buf.find(b"\n", pos)
@@ -150,6 +163,10 @@ class ServerParser:
                 if stop == nl:  # LF-only line: the raw bytes are not canonical
                     off = -1
                 start = nl + 1
+                # Only look for a run once a line has repeated: mixed traffic
+                # then pays nothing for the run check.
+                in_run = head is last_head
+                last_head = head
                 # A run of messages with the same control line (a sensor
                 # publishing one subject) is matched with one startswith per
                 # message: it checks this payload's CRLF and the next line.
@@ -166,7 +183,7 @@ class ServerParser:
                         tail = buf[pos + off : done]
                     else:
                         tail = suffix + buf[start : done - 2] + b"\r\n"
-                    if buf.startswith(again, done - 2):
+                    if in_run and buf.startswith(again, done - 2):
                         msgs += 1
                         nbytes += size
                         if kind == 1:
