@@ -239,6 +239,8 @@ def with_flags(cfg: Config, **flags: Any) -> Config:
 
 def finalize(cfg: Config) -> Config:
     """Resolve what needs files (TLS context) into the server options."""
+    if cfg.trace:
+        cfg = replace(cfg, server=replace(cfg.server, trace=True))
     if cfg.tls is None:
         return cfg
     if not cfg.tls.cert_file or not cfg.tls.key_file:

@@ -33,7 +33,7 @@ MAX_SUBS_EXCEEDED = "maximum subscriptions exceeded"
 INVALID_SUBJECT = "Invalid Subject"
 INVALID_PUBLISH_SUBJECT = "Invalid Publish Subject"
 RESERVED_REPLY_PREFIXES = (b"_R_.", b"$JS.ACK.", b"_GR_.")
-READ_HIGH_WATER = 256 * 1024
+_SECRETS = frozenset({"pass", "auth_token", "sig", "jwt"})
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class ServerOptions:
     tls_verify: bool = False
     lame_duck_duration: float = 120.0
     lame_duck_grace: float = 10.0
+    trace: bool = False  # log every protocol operation (-V); slows the hot path
 
 
 def _quote(subject: bytes) -> str:
@@ -160,6 +161,12 @@ class ClientConnection(asyncio.Protocol):
 
     # -- protocol ----------------------------------------------------------
     def _process(self, events: list[Any]) -> None:
+        if self.server.options.trace:
+            for ev in events:
+                if ev.__class__ is Connect:  # never log credentials
+                    ev = Connect({k: ("[REDACTED]" if k in _SECRETS else v)
+                                  for k, v in ev.options.items()})
+                log.debug("%s:%d - cid:%d - <<- %r", self.ip, self.port, self.cid, ev)
         publish = self.hub.publish
         publish_batch = self.hub.publish_batch
         plain = self._plain_pubs
