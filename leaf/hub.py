@@ -77,6 +77,7 @@ class Hub:
         self.dirty: list[Receiver] = []
         self._on_dirty = on_dirty
         self.interest_watchers: list[Callable[[Subscription, int], None]] = []
+        self._expired: list[Subscription] = []  # reached their UNSUB max during a publish
 
     def __len__(self) -> int:
         return len(self.index)
@@ -152,14 +153,12 @@ class Hub:
         if route is _NO_ROUTE:
             return 0
         plain, groups = route
-        expired: list[Subscription] = []
         n = 0
-        for entry in plain:
-            sub, rcv, prefix, _ = entry
+        for sub, rcv, prefix, hprefix in plain:
             if rcv is origin and not rcv.echo:
                 continue
-            if sub.max_msgs or sub.callback is not None or hdr_len >= 0:
-                if self._deliver(entry, subject, reply, size, tail, hdr_len, origin, expired):
+            if hdr_len >= 0 or sub.max_msgs or sub.callback is not None:
+                if self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail, hdr_len):
                     n += 1
                 continue
             # The common case, inlined: a wire subscriber, no headers, no limit.
@@ -178,12 +177,16 @@ class Hub:
             count = len(group)
             first = int(random() * count)
             for i in range(count):
-                entry = group[(first + i) % count]
-                if self._deliver(entry, subject, reply, size, tail, hdr_len, origin, expired):
+                sub, rcv, prefix, hprefix = group[(first + i) % count]
+                if rcv is origin and not rcv.echo:
+                    continue
+                if self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail, hdr_len):
                     n += 1
                     break
-        for sub in expired:
-            self.expire(sub)
+        if self._expired:
+            for sub in self._expired:
+                self.expire(sub)
+            self._expired.clear()
         return n
 
     def publish_batch(
@@ -227,23 +230,23 @@ class Hub:
 
     def _deliver(
         self,
-        entry: _Entry,
+        sub: Subscription,
+        rcv: Receiver,
+        prefix: bytes,
+        hprefix: bytes,
         subject: bytes,
         reply: bytes,
         size: int,
         tail: bytes,
         hdr_len: int,
-        origin: object,
-        expired: list[Subscription],
     ) -> bool:
-        sub, rcv, prefix, hprefix = entry
-        if rcv is origin and not rcv.echo:
-            return False
-        if sub.max_msgs and sub.delivered >= sub.max_msgs:
-            return False
+        """Deliver to one subscriber the careful way: limits, callbacks, headers."""
+        if sub.max_msgs:
+            if sub.delivered >= sub.max_msgs:
+                return False
+            if sub.delivered + 1 >= sub.max_msgs:
+                self._expired.append(sub)
         sub.delivered += 1
-        if sub.max_msgs and sub.delivered >= sub.max_msgs:
-            expired.append(sub)
         if sub.callback is not None:
             sub.callback(subject, reply, hdr_len, tail[len(tail) - size - 2 : -2])
             return True

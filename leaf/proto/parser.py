@@ -143,34 +143,53 @@ class ServerParser:
         last_head = None
         try:
             while pos < end:
-                nl = buf.find(b"\n", pos)
-                if nl < 0:
-                    self._keep(buf, pos, 0, end - pos)
-                    self._check_partial_line(self._buf)
-                    break
-                stop = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
-                line = buf[pos:stop]
-                head = cache.get(line)
-                if head is None:
-                    head = self._parse_line(line)
-                    if head.__class__ is not tuple:
-                        append(head)
-                        pos = nl + 1
-                        continue
-                kind, subject, reply, size, hdr_len, suffix, off, again = head
+                nl = buf.find(b"\r\n", pos)
+                head = cache.get(buf[pos:nl]) if nl >= 0 else None
+                if head is not None:
+                    start = nl + 2
+                    off = head[6]
+                else:  # not cached yet, LF-only, or incomplete: the careful path
+                    nl = buf.find(b"\n", pos)
+                    if nl < 0:
+                        self._keep(buf, pos, 0, end - pos)
+                        self._check_partial_line(self._buf)
+                        break
+                    crlf = nl > pos and buf[nl - 1] == 13
+                    line = buf[pos : nl - 1] if crlf else buf[pos:nl]
+                    head = cache.get(line)
+                    if head is None:
+                        head = self._parse_line(line)
+                        if head.__class__ is not tuple:
+                            append(head)
+                            pos = nl + 1
+                            continue
+                    start = nl + 1
+                    off = head[6] if crlf else -1  # LF-only: the raw bytes are not canonical
+                kind, subject, reply, size, hdr_len, suffix, _, again = head
                 if kind == 1 and not self.headers:
-                    raise _malformed("HPUB without headers support", line)
-                if stop == nl:  # LF-only line: the raw bytes are not canonical
-                    off = -1
-                start = nl + 1
-                # Only look for a run once a line has repeated: mixed traffic
-                # then pays nothing for the run check.
-                in_run = head is last_head
-                last_head = head
-                # A run of messages with the same control line (a sensor
-                # publishing one subject) is matched with one startswith per
-                # message: it checks this payload's CRLF and the next line.
-                # PUBs in a run become one PubBatch.
+                    raise _malformed("HPUB without headers support", buf[pos:start])
+                if head is not last_head:  # a single message: the common mixed-traffic case
+                    last_head = head
+                    done = start + size + 2
+                    if done > end:
+                        self._keep(buf, pos, done - pos, 0)
+                        break
+                    if buf[done - 2 : done] != b"\r\n":
+                        raise RemoteProtocolError("payload not followed by CRLF", err=UNKNOWN_OP)
+                    tail = buf[pos + off : done] if off >= 0 else \
+                        suffix + buf[start : done - 2] + b"\r\n"
+                    msgs += 1
+                    nbytes += size
+                    if kind == 0:
+                        append(_new(Pub, (subject, reply, size, tail)))
+                    else:
+                        append(_new(HPub, (subject, reply, hdr_len, size, tail)))
+                    pos = done
+                    continue
+                # The same control line again: a run (a sensor publishing one
+                # subject). Each further message costs one startswith, which
+                # checks this payload's CRLF and the next line together. PUBs
+                # in a run become one PubBatch.
                 step = len(again) - 2
                 tails: list[bytes] | None = None
                 while True:
@@ -183,7 +202,7 @@ class ServerParser:
                         tail = buf[pos + off : done]
                     else:
                         tail = suffix + buf[start : done - 2] + b"\r\n"
-                    if in_run and buf.startswith(again, done - 2):
+                    if buf.startswith(again, done - 2):
                         msgs += 1
                         nbytes += size
                         if kind == 1:
@@ -257,7 +276,8 @@ class ServerParser:
         start = 7 if form == b"CONNECT" else len(form) - 1
         # Only the arguments count against the limit, as in nats-server.
         arg = pending[start:].lstrip(_SPACES)
-        if len(arg) > self.max_control_line:
+        # A CR at the end may be the first half of the line's CRLF: it does not count.
+        if len(arg) - (arg[-1:] == b"\r") > self.max_control_line:
             raise RemoteProtocolError("control line too long", err=MAX_CONTROL_LINE_EXCEEDED)
         if len(pending) - start - len(arg) > 1:
             pending[start:] = b" " + arg
