@@ -78,9 +78,11 @@ class Permissions:
         if deny and deny.patterns:
             if is_literal(subject):
                 return not deny.matches(subject)
-            # A wildcard SUB is refused only when a deny pattern covers it
-            # entirely; overlapping denied subjects are filtered per message.
-            return not deny.covers(subject)
+            # As nats-server: a wildcard SUB is refused when a deny pattern
+            # matches it token for token (deny ``a.*`` refuses ``SUB a.>``,
+            # deny ``a.>`` refuses ``SUB a.*``); narrower denied subjects
+            # inside it (deny ``a.b``, ``SUB a.*``) are filtered per message.
+            return not any(matches(p, subject) for p in deny.patterns)
         return True
 
     def deny_delivery(self, subject: bytes) -> bool:

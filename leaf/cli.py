@@ -76,11 +76,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         trace=args.trace or args.debug_trace, log_file=args.log_file)
     cfg = config.finalize(cfg)
     _setup_logging(cfg.debug, cfg.trace, cfg.log_file)
-    try:
-        import uvloop  # type: ignore[import-not-found]
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
+    runner = asyncio.run
+    # uvloop starts reading a socket right after connection_made() whatever
+    # pause_reading() said there, so bytes sent before the STARTTLS-style
+    # upgrade reach the plaintext parser: a plaintext client gets served on a
+    # TLS port. The stdlib loop honours the pause; use it when TLS is on.
+    if cfg.server.tls is None:
+        try:
+            import uvloop  # type: ignore[import-not-found]
+            runner = uvloop.run
+        except ImportError:
+            pass
     logging.getLogger("leaf").info("Starting leaf %s", __version__)
     try:
         runner(App(cfg).run())

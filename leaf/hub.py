@@ -155,7 +155,7 @@ class Hub:
         plain, groups = route
         n = 0
         for sub, rcv, prefix, hprefix in plain:
-            if rcv is origin and not rcv.echo:
+            if rcv is origin and origin is not None and not rcv.echo:
                 continue
             if hdr_len >= 0 or sub.max_msgs or sub.callback is not None:
                 if self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail, hdr_len):
@@ -178,7 +178,7 @@ class Hub:
             first = int(random() * count)
             for i in range(count):
                 sub, rcv, prefix, hprefix = group[(first + i) % count]
-                if rcv is origin and not rcv.echo:
+                if rcv is origin and origin is not None and not rcv.echo:
                     continue
                 if self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail, hdr_len):
                     n += 1
@@ -213,7 +213,7 @@ class Hub:
         count = len(tails)
         delivered = False
         for sub, rcv, prefix, _ in plain:
-            if rcv is origin and not rcv.echo:
+            if rcv is origin and origin is not None and not rcv.echo:
                 continue
             sub.delivered += count
             out = rcv.out

@@ -24,7 +24,7 @@ from leaf.proto import encode
 from leaf.proto.conn import ClientSession, Keepalive
 from leaf.proto.events import Connect, Err, HPub, Ping, Pong, Pub, PubBatch, Sub, Unsub
 from leaf.proto.parser import ServerParser
-from leaf.subjects import is_valid_literal_subject, is_valid_subject, matches
+from leaf.subjects import is_valid_literal_subject, is_valid_subscription_subject, matches
 
 log = logging.getLogger("leaf.server")
 
@@ -88,6 +88,8 @@ class ClientConnection(asyncio.Protocol):
         self._pub_allowed: dict[bytes, bool] | None = None
         # True when a PUB needs no per-message checks (see _connect).
         self._plain_pubs = False
+        # TLS handshake running: output waits for the TLS transport.
+        self._tls_pending = False
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -106,6 +108,7 @@ class ClientConnection(asyncio.Protocol):
             self._fail(MAX_CONNECTIONS_EXCEEDED)
             return
         if server.options.tls is not None:
+            self._tls_pending = True
             transport.pause_reading()
             server.spawn(self._start_tls(loop, transport))
         self._arm_timer()
@@ -121,7 +124,12 @@ class ClientConnection(asyncio.Protocol):
             return
         if tls is None or self.closed:
             return
+        # The TLS layer may already have handed us the client's first
+        # records (CONNECT, PING) before this task resumed; their replies
+        # were held back and go out encrypted now.
         self.transport = tls  # type: ignore[assignment]
+        self._tls_pending = False
+        self.flush()
 
     def data_received(self, data: bytes) -> None:
         session = self.session
@@ -285,7 +293,7 @@ class ClientConnection(asyncio.Protocol):
         if limit and len(self.subs) >= limit:
             self._send(encode.err(MAX_SUBS_EXCEEDED))
             return
-        if not is_valid_subject(subject) or (queue and not is_valid_subject(queue)):
+        if not is_valid_subscription_subject(subject):
             self._send(encode.err(INVALID_SUBJECT))
             return
         if sid not in self.subs:
@@ -334,6 +342,8 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if self.closed or transport is None:
             out.clear()
+            return
+        if self._tls_pending:
             return
         transport.write(bytes(out))
         out.clear()

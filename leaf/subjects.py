@@ -29,6 +29,22 @@ def is_valid_subject(subject: bytes) -> bool:
     return True
 
 
+def is_valid_subscription_subject(subject: bytes) -> bool:
+    """What nats-server's SUB accepts: non-empty tokens, `>` only last.
+
+    Spaces, tabs, CR and LF cannot reach here (they split the SUB line);
+    other bytes, form feed included, are part of the subject.
+    """
+    if not subject:
+        return False
+    tokens = subject.split(b".")
+    last = len(tokens) - 1
+    for i, tok in enumerate(tokens):
+        if not tok or (tok == GT and i != last):
+            return False
+    return True
+
+
 def is_literal(subject: bytes) -> bool:
     """True when no token is a wildcard (`*` or `>` as a whole token)."""
     for tok in subject.split(b"."):

@@ -55,8 +55,10 @@ class ClientSession:
             self.info["auth_required"] = True
         self.connected = False
         self.user: User = ANONYMOUS
-        self.verbose = False
-        self.pedantic = False
+        # Until CONNECT says otherwise a connection is verbose and pedantic,
+        # as in nats-server (telnet users see +OK).
+        self.verbose = True
+        self.pedantic = True
         self.echo = True
         self.headers = False
         self.no_responders = False
@@ -78,6 +80,7 @@ class ClientSession:
 
     def receive_connect(self, opts: dict[str, Any], now: float) -> bytes:
         """Apply a CONNECT; return what to send back (``+OK`` when verbose)."""
+        opts = {k: v for k, v in opts.items() if v is not None}  # null means default
         for key in _BOOL_FIELDS:
             if key in opts and not isinstance(opts[key], bool):
                 raise RemoteProtocolError(f"CONNECT {key} must be a boolean", err=None)
