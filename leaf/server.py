@@ -345,8 +345,10 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._tls_pending:
             return
-        transport.write(bytes(out))
-        out.clear()
+        # Hand the buffer over instead of copying it: the transport may keep
+        # a reference to what it is given, so it is never touched again.
+        self.out = bytearray()
+        transport.write(out)
         if transport.get_write_buffer_size() > self.server.options.max_pending:
             self._slow_consumer("pending bytes over max_pending")
 
