@@ -152,27 +152,18 @@ class Hub:
             route = self._route(subject)
         if route is _NO_ROUTE:
             return 0
+        return self._fan_out(route, subject, reply, size, tail, hdr_len, origin)
+
+    def _fan_out(self, route: _Route, subject: bytes, reply: bytes, size: int, tail: bytes,
+                 hdr_len: int, origin: object) -> int:
+        """One message to every plain subscriber and one member per queue group."""
         plain, groups = route
         n = 0
         for sub, rcv, prefix, hprefix in plain:
             if rcv is origin and origin is not None and not rcv.echo:
                 continue
-            if hdr_len >= 0 or sub.max_msgs or sub.callback is not None:
-                if self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail, hdr_len):
-                    n += 1
-                continue
-            # The common case, inlined: a wire subscriber, no headers, no limit.
-            sub.delivered += 1
-            out = rcv.out
-            out += prefix
-            out += tail
-            rcv.out_bytes += size
-            n += 1
-            if not rcv.queued:
-                rcv.queued = True
-                self.dirty.append(rcv)
-                if len(self.dirty) == 1 and self._on_dirty is not None:
-                    self._on_dirty()
+            if self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail, hdr_len):
+                n += 1
         for group in groups:
             count = len(group)
             first = int(random() * count)
@@ -188,6 +179,54 @@ class Hub:
                 self.expire(sub)
             self._expired.clear()
         return n
+
+    def publish_many(
+        self, msgs: list[tuple[bytes, bytes, int, bytes]], origin: object = None,
+    ) -> list[tuple[bytes, bytes]] | None:
+        """``publish`` for consecutive messages without headers (see events.Pubs).
+
+        Returns the ``(subject, reply)`` of requests that reached nobody (for
+        no-responders), or None. This is the per-message hot path for mixed
+        traffic, so the common delivery is inlined here.
+        """
+        routes = self._routes
+        missed: list[tuple[bytes, bytes]] | None = None
+        for subject, reply, size, tail in msgs:
+            route = routes.get(subject)
+            if route is None:
+                route = self._route(subject)
+            plain, groups = route
+            n = 0
+            if groups:
+                n = self._fan_out(route, subject, reply, size, tail, -1, origin)
+            else:
+                for sub, rcv, prefix, hprefix in plain:
+                    if rcv is origin and origin is not None and not rcv.echo:
+                        continue
+                    if sub.max_msgs or sub.callback is not None:
+                        if self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail, -1):
+                            n += 1
+                        continue
+                    sub.delivered += 1
+                    out = rcv.out
+                    out += prefix
+                    out += tail
+                    rcv.out_bytes += size
+                    n += 1
+                    if not rcv.queued:
+                        rcv.queued = True
+                        self.dirty.append(rcv)
+                        if len(self.dirty) == 1 and self._on_dirty is not None:
+                            self._on_dirty()
+                if self._expired:
+                    for sub in self._expired:
+                        self.expire(sub)
+                    self._expired.clear()
+            if n == 0 and reply:
+                if missed is None:
+                    missed = []
+                missed.append((subject, reply))
+        return missed
 
     def publish_batch(
         self, subject: bytes, reply: bytes, size: int, tails: list[bytes], origin: object = None,

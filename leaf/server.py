@@ -22,7 +22,7 @@ from leaf.errors import ProtocolError
 from leaf.hub import Hub, Subscription
 from leaf.proto import encode
 from leaf.proto.conn import ClientSession, Keepalive
-from leaf.proto.events import Connect, Err, HPub, Ping, Pong, Pub, PubBatch, Sub, Unsub
+from leaf.proto.events import Connect, Err, HPub, Ping, Pong, PubBatch, Pubs, Sub, Unsub
 from leaf.proto.parser import ServerParser
 from leaf.subjects import is_valid_literal_subject, is_valid_subscription_subject, matches
 
@@ -175,27 +175,28 @@ class ClientConnection(asyncio.Protocol):
                     ev = Connect({k: ("[REDACTED]" if k in _SECRETS else v)
                                   for k, v in ev.options.items()})
                 log.debug("%s:%d - cid:%d - <<- %r", self.ip, self.port, self.cid, ev)
-        publish = self.hub.publish
-        publish_batch = self.hub.publish_batch
-        plain = self._plain_pubs
+        hub = self.hub
+        plain = self._plain_pubs  # connected, no permissions, not pedantic, not verbose
         for ev in events:
             cls = ev.__class__
-            if cls is Pub:
-                if plain:  # connected, no permissions, not pedantic, not verbose
-                    subject, reply, size, tail = ev
-                    if publish(subject, reply, size, tail, -1, self) == 0 and reply:
-                        self._no_delivery(subject, reply)
-                    continue
-                self._publish_checked(ev.subject, ev.reply, ev.size, ev.tail, -1)
-            elif cls is PubBatch:
+            if cls is Pubs:
                 if plain:
-                    subject, reply, size, tails = ev
-                    if publish_batch(subject, reply, size, tails, self) == 0 and reply:
+                    missed = hub.publish_many(ev.msgs, self)
+                    if missed:
+                        for subject, reply in missed:
+                            self._no_delivery(subject, reply)
+                    continue
+                for subject, reply, size, tail in ev.msgs:
+                    self._publish_checked(subject, reply, size, tail, -1)
+            elif cls is PubBatch:
+                subject, reply, size, tails = ev
+                if plain:
+                    if hub.publish_batch(subject, reply, size, tails, self) == 0 and reply:
                         for _ in tails:
                             self._no_delivery(subject, reply)
                     continue
-                for one in ev.singles():
-                    self._publish_checked(one.subject, one.reply, one.size, one.tail, -1)
+                for tail in tails:
+                    self._publish_checked(subject, reply, size, tail, -1)
             elif cls is HPub:
                 self._publish_checked(ev.subject, ev.reply, ev.size, ev.tail, ev.hdr_len)
             else:

@@ -240,7 +240,7 @@ def test_whole_input_and_byte_by_byte_give_the_same_events() -> None:
 def test_pub_tail_is_the_wire_form_after_the_subject(line: bytes, reply: bytes,
                                                      tail: bytes) -> None:
     """``MSG <subject> <sid>`` + tail is the delivery, whatever spacing the PUB used."""
-    [ev] = ServerParser().feed(line + b"hello\r\n")
+    [ev] = flat(ServerParser().feed(line + b"hello\r\n"))
     assert isinstance(ev, Pub)
     assert (ev.subject, ev.reply, ev.payload, ev.tail) == (b"foo", reply, b"hello", tail)
 
@@ -304,7 +304,7 @@ def test_max_control_line_at_the_limit_split_before_lf() -> None:
 
 def test_max_payload() -> None:
     p = ServerParser(max_payload=10)
-    assert [describe(e) for e in p.feed(b"PUB a 10\r\n0123456789\r\n")] == [
+    assert [describe(e) for e in flat(p.feed(b"PUB a 10\r\n0123456789\r\n"))] == [
         ("pub", b"a", b"", b"0123456789")]
     assert _err(b"PUB a 11\r\n", max_payload=10) == MAX_PAYLOAD_VIOLATION
     hp = ServerParser(max_payload=10)
@@ -724,6 +724,33 @@ def test_hub_batch_publish_equals_single_publishes(limited: bool) -> None:
     assert bytes(batch[2].out).count(b"MSG") == (4 if limited else 6)
     assert [len(r.subs) for r in batch] == [len(r.subs) for r in single]
     assert len(batch_hub) == len(single_hub) == (2 if limited else 3)
+
+
+@pytest.mark.parametrize("limited", [False, True], ids=["fast-path", "with-max-msgs"])
+def test_hub_publish_many_equals_single_publishes(limited: bool) -> None:
+    """Mixed subjects in one call deliver exactly what one publish per message does,
+    and report the requests nobody received."""
+    def build() -> tuple[Hub, list[Rcv]]:
+        hub = Hub()
+        rs = [Rcv(), Rcv(echo=False), Rcv(), Rcv()]
+        subscribe(hub, rs[0], b"s.*", b"1")
+        subscribe(hub, rs[1], b"s.x", b"2")
+        subscribe(hub, rs[2], b">", b"3").max_msgs = 3 if limited else 0
+        subscribe(hub, rs[3], b"s.y", b"4", queue=b"q")
+        return hub, rs
+
+    msgs = [(subj, reply, 2, encode.tail(reply, b"%02d" % i))
+            for i, (subj, reply) in enumerate([(b"s.x", b"r"), (b"s.y", b""), (b"t", b"r2"),
+                                               (b"s.x", b""), (b"u", b"")] * 2)]
+    single_hub, single = build()
+    missed_single = [(m[0], m[1]) for m in msgs
+                     if single_hub.publish(m[0], m[1], m[2], m[3], -1, single[1]) == 0 and m[1]]
+    many_hub, many = build()
+    missed = many_hub.publish_many(msgs, many[1])
+    assert [bytes(r.out) for r in many] == [bytes(r.out) for r in single]
+    assert (missed or []) == missed_single
+    assert missed_single == ([(b"t", b"r2")] if limited else [])
+    assert len(many_hub) == len(single_hub) == (3 if limited else 4)
 
 
 def test_connect_options_roundtrip_through_encode() -> None:

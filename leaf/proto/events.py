@@ -49,6 +49,17 @@ class PubBatch(NamedTuple):
         return [Pub(self.subject, self.reply, self.size, t) for t in self.tails]
 
 
+class Pubs(NamedTuple):
+    """Consecutive PUBs with differing control lines, each a plain
+    ``(subject, reply, size, tail)`` tuple (see ``Pub``): one event per
+    received chunk instead of one object per message."""
+
+    msgs: list[tuple[bytes, bytes, int, bytes]]
+
+    def singles(self) -> list[Pub]:
+        return [Pub(*m) for m in self.msgs]
+
+
 class HPub(NamedTuple):
     """A publish with headers: the payload (see ``Pub``) is header block +
     body, ``hdr_len`` the size of the header block."""

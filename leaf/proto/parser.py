@@ -27,8 +27,8 @@ from leaf.proto.events import (
     Err,
     HPub,
     Info,
-    Pub,
     PubBatch,
+    Pubs,
     Sub,
     Unsub,
 )
@@ -141,6 +141,7 @@ class ServerParser:
         msgs = nbytes = 0
         tails = None
         last_head = None
+        group: list[tuple[bytes, bytes, int, bytes]] | None = None
         try:
             while pos < end:
                 nl = buf.find(b"\r\n", pos)
@@ -161,6 +162,7 @@ class ServerParser:
                         head = self._parse_line(line)
                         if head.__class__ is not tuple:
                             append(head)
+                            group = None
                             pos = nl + 1
                             continue
                     start = nl + 1
@@ -181,11 +183,16 @@ class ServerParser:
                     msgs += 1
                     nbytes += size
                     if kind == 0:
-                        append(_new(Pub, (subject, reply, size, tail)))
+                        if group is None:
+                            group = []
+                            append(_new(Pubs, (group,)))
+                        group.append((subject, reply, size, tail))
                     else:
                         append(_new(HPub, (subject, reply, hdr_len, size, tail)))
+                        group = None
                     pos = done
                     continue
+                group = None
                 # The same control line again: a run (a sensor publishing one
                 # subject). Each further message costs one startswith, which
                 # checks this payload's CRLF and the next line together. PUBs
@@ -222,14 +229,13 @@ class ServerParser:
                     if kind == 1:
                         append(_new(HPub, (subject, reply, hdr_len, size, tail)))
                     elif tails is None:
-                        append(_new(Pub, (subject, reply, size, tail)))
+                        tails = [tail]
                     else:
                         tails.append(tail)
                     pos = done
                     break
                 if tails is not None:
-                    append(_new(PubBatch, (subject, reply, size, tails))
-                           if len(tails) > 1 else _new(Pub, (subject, reply, size, tails[0])))
+                    append(_new(PubBatch, (subject, reply, size, tails)))
                     tails = None
         except RemoteProtocolError as exc:
             if tails:
