@@ -20,6 +20,9 @@ from leaf.subjects import SubjectIndex, is_literal
 
 CRLF = b"\r\n"
 ROUTE_CACHE_SIZE = 65536
+# From this payload size on, batches go out by reference (writev) instead of
+# being copied into the receiver's buffer.
+BIG_PAYLOAD = 512
 
 # (subject, reply, hdr_len, payload) -> None; hdr_len < 0 means no headers.
 Callback = Callable[[bytes, bytes, int, bytes], None]
@@ -29,6 +32,7 @@ class Receiver(Protocol):
     """What the hub needs from a subscriber's owner (a client connection)."""
 
     out: bytearray
+    iov: list[bytes]  # queued before ``out``; written first
     queued: bool
     echo: bool
     headers: bool
@@ -256,8 +260,16 @@ class Hub:
                 continue
             sub.delivered += count
             out = rcv.out
-            out += prefix
-            out += prefix.join(tails)
+            if size < BIG_PAYLOAD:
+                out += prefix
+                out += prefix.join(tails)
+            else:  # queue the payloads by reference: written with one writev, never copied
+                pieces = [prefix] * (2 * count)
+                pieces[1::2] = tails
+                if out:  # what was queued before goes first
+                    rcv.iov.append(out)
+                    rcv.out = bytearray()
+                rcv.iov += pieces
             rcv.out_bytes += size * count
             delivered = True
             if not rcv.queued:

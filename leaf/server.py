@@ -69,6 +69,7 @@ class ClientConnection(asyncio.Protocol):
         self.hub = server.hub
         self.cid = server.next_cid()
         self.out = bytearray()
+        self.iov: list[bytes] = []  # big payloads queued by reference (see Hub.publish_batch)
         self.queued = False
         self.echo = True
         self.headers = False
@@ -338,18 +339,26 @@ class ClientConnection(asyncio.Protocol):
     def flush(self) -> None:
         self.queued = False
         out = self.out
-        if not out:
+        iov = self.iov
+        if not out and not iov:
             return
         transport = self.transport
         if self.closed or transport is None:
             out.clear()
+            iov.clear()
             return
         if self._tls_pending:
             return
-        # Hand the buffer over instead of copying it: the transport may keep
-        # a reference to what it is given, so it is never touched again.
+        # Hand the buffers over instead of copying them: the transport may
+        # keep a reference to what it is given, so it is never touched again.
         self.out = bytearray()
-        transport.write(out)
+        if iov:
+            if out:
+                iov.append(out)
+            self.iov = []
+            transport.writelines(iov)
+        else:
+            transport.write(out)
         if transport.get_write_buffer_size() > self.server.options.max_pending:
             self._slow_consumer("pending bytes over max_pending")
 
@@ -426,7 +435,8 @@ class ClientConnection(asyncio.Protocol):
     @property
     def pending_bytes(self) -> int:
         t = self.transport
-        return len(self.out) + (t.get_write_buffer_size() if t is not None else 0)
+        return len(self.out) + sum(len(b) for b in self.iov) + \
+            (t.get_write_buffer_size() if t is not None else 0)
 
 
 class Server:

@@ -532,6 +532,7 @@ class Rcv:
 
     def __init__(self, echo: bool = True, headers: bool = True) -> None:
         self.out = bytearray()
+        self.iov: list[bytes] = []
         self.queued = False
         self.echo = echo
         self.headers = headers
@@ -542,8 +543,13 @@ class Rcv:
     def retired(self, sub: Subscription) -> None:
         self.retired_subs.append(sub)
 
+    def written(self) -> bytes:
+        """Everything queued, in wire order, as the driver would write it."""
+        return b"".join(self.iov) + bytes(self.out)
+
     def take(self) -> bytes:
-        out = bytes(self.out)
+        out = self.written()
+        self.iov.clear()
         self.out.clear()
         self.queued = False
         return out
@@ -704,8 +710,9 @@ def test_hub_callbacks_and_denied_subjects() -> None:
     assert r.take() == b"MSG cb.x 1 rep 3\r\npay\r\n"
 
 
+@pytest.mark.parametrize("size", [2, 600], ids=["small", "by-reference"])
 @pytest.mark.parametrize("limited", [False, True], ids=["fast-path", "with-max-msgs"])
-def test_hub_batch_publish_equals_single_publishes(limited: bool) -> None:
+def test_hub_batch_publish_equals_single_publishes(limited: bool, size: int) -> None:
     def build() -> tuple[Hub, list[Rcv]]:
         hub = Hub()
         rs = [Rcv(), Rcv(echo=False), Rcv()]
@@ -714,14 +721,20 @@ def test_hub_batch_publish_equals_single_publishes(limited: bool) -> None:
         subscribe(hub, rs[2], b">", b"3").max_msgs = 4 if limited else 0
         return hub, rs
 
-    tails = [encode.tail(b"r", b"%02d" % i) for i in range(6)]
+    tails = [encode.tail(b"r", b"%02d" % i * (size // 2)) for i in range(6)]
     single_hub, single = build()
-    reached = sum(single_hub.publish(b"s.x", b"r", 2, t, -1, single[1]) > 0 for t in tails)
+    # Something already queued before the batch and after it keeps its place.
+    publish(single_hub, b"s.before", b"b")
+    reached = sum(single_hub.publish(b"s.x", b"r", size, t, -1, single[1]) > 0 for t in tails)
+    publish(single_hub, b"s.after", b"a")
     batch_hub, batch = build()
-    assert batch_hub.publish_batch(b"s.x", b"r", 2, tails, batch[1]) == reached == 6
-    assert [bytes(r.out) for r in batch] == [bytes(r.out) for r in single]
-    assert bytes(batch[0].out) == b"".join(b"MSG s.x 1" + t for t in tails)
-    assert bytes(batch[2].out).count(b"MSG") == (4 if limited else 6)
+    publish(batch_hub, b"s.before", b"b")
+    assert batch_hub.publish_batch(b"s.x", b"r", size, tails, batch[1]) == reached == 6
+    publish(batch_hub, b"s.after", b"a")
+    assert [r.written() for r in batch] == [r.written() for r in single]
+    assert batch[0].written() == b"MSG s.before 1 1\r\nb\r\n" + b"".join(
+        b"MSG s.x 1" + t for t in tails) + b"MSG s.after 1 1\r\na\r\n"
+    assert batch[2].written().count(b"MSG") == (4 if limited else 8)
     assert [len(r.subs) for r in batch] == [len(r.subs) for r in single]
     assert len(batch_hub) == len(single_hub) == (2 if limited else 3)
 
