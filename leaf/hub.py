@@ -67,7 +67,8 @@ class Subscription:
         self.denied: Callable[[bytes], bool] | None = None
 
 
-_Entry = tuple[Subscription, Receiver, bytes, bytes]
+# (subscription, owner, MSG prefix, HMSG prefix, needs per-message care)
+_Entry = tuple[Subscription, Receiver, bytes, bytes, bool]
 _Route = tuple[tuple[_Entry, ...], tuple[tuple[_Entry, ...], ...]]
 _NO_ROUTE: _Route = ((), ())
 
@@ -122,7 +123,8 @@ class Hub:
             if sub.denied is not None and sub.denied(subject):
                 continue
             entry = (sub, sub.owner, b"MSG " + subject + b" " + sub.sid,
-                     b"HMSG " + subject + b" " + sub.sid)
+                     b"HMSG " + subject + b" " + sub.sid,
+                     bool(sub.max_msgs) or sub.callback is not None)
             if sub.queue:
                 groups.setdefault(sub.queue, []).append(entry)
             else:
@@ -163,7 +165,7 @@ class Hub:
         """One message to every plain subscriber and one member per queue group."""
         plain, groups = route
         n = 0
-        for sub, rcv, prefix, hprefix in plain:
+        for sub, rcv, prefix, hprefix, _ in plain:
             if rcv is origin and origin is not None and not rcv.echo:
                 continue
             if self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail, hdr_len):
@@ -172,7 +174,7 @@ class Hub:
             count = len(group)
             first = int(random() * count)
             for i in range(count):
-                sub, rcv, prefix, hprefix = group[(first + i) % count]
+                sub, rcv, prefix, hprefix, _ = group[(first + i) % count]
                 if rcv is origin and origin is not None and not rcv.echo:
                     continue
                 if self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail, hdr_len):
@@ -204,10 +206,10 @@ class Hub:
             if groups:
                 n = self._fan_out(route, subject, reply, size, tail, -1, origin)
             else:
-                for sub, rcv, prefix, hprefix in plain:
+                for sub, rcv, prefix, hprefix, careful in plain:
                     if rcv is origin and origin is not None and not rcv.echo:
                         continue
-                    if sub.max_msgs or sub.callback is not None:
+                    if careful:
                         if self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail, -1):
                             n += 1
                         continue
@@ -222,14 +224,16 @@ class Hub:
                         self.dirty.append(rcv)
                         if len(self.dirty) == 1 and self._on_dirty is not None:
                             self._on_dirty()
-                if self._expired:
-                    for sub in self._expired:
-                        self.expire(sub)
-                    self._expired.clear()
             if n == 0 and reply:
                 if missed is None:
                     missed = []
                 missed.append((subject, reply))
+        # Limits reached during the loop: _deliver already refused further
+        # messages to those subscriptions, so dropping them now is exact.
+        if self._expired:
+            for sub in self._expired:
+                self.expire(sub)
+            self._expired.clear()
         return missed
 
     def publish_batch(
@@ -247,7 +251,7 @@ class Hub:
         if route is _NO_ROUTE:
             return 0
         plain, groups = route
-        if groups or any(e[0].max_msgs or e[0].callback is not None for e in plain):
+        if groups or any(e[4] for e in plain):
             hits = 0
             for tail in tails:
                 if self.publish(subject, reply, size, tail, -1, origin):
@@ -255,7 +259,7 @@ class Hub:
             return hits
         count = len(tails)
         delivered = False
-        for sub, rcv, prefix, _ in plain:
+        for sub, rcv, prefix, _, _ in plain:
             if rcv is origin and origin is not None and not rcv.echo:
                 continue
             sub.delivered += count
@@ -318,6 +322,11 @@ class Hub:
             if len(self.dirty) == 1 and self._on_dirty is not None:
                 self._on_dirty()
         return True
+
+    def limit(self, sub: Subscription, max_msgs: int) -> None:
+        """UNSUB with a maximum: ``sub`` ends after ``max_msgs`` deliveries in all."""
+        sub.max_msgs = max_msgs
+        self._forget(sub.subject)  # cached routes know which subscriptions need care
 
     def expire(self, sub: Subscription) -> None:
         """A subscription reached its UNSUB max: drop it everywhere."""

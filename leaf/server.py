@@ -311,7 +311,7 @@ class ClientConnection(asyncio.Protocol):
         sub = self.subs.get(ev.sid)
         if sub is not None:
             if ev.max_msgs > 0 and ev.max_msgs > sub.delivered:
-                sub.max_msgs = ev.max_msgs
+                self.hub.limit(sub, ev.max_msgs)
             else:
                 del self.subs[ev.sid]
                 self.retired(sub)

@@ -636,11 +636,24 @@ def test_hub_echo() -> None:
     assert quiet.out == b"" and bytes(other.out).count(b"MSG g 4 1\r\n") == 20
 
 
+def test_hub_limit_applies_to_routes_already_cached() -> None:
+    """UNSUB <sid> <max> after traffic has flowed (the route is cached) still counts."""
+    hub = Hub()
+    r = Rcv()
+    s = subscribe(hub, r, b"m", b"1")
+    for _ in range(3):
+        assert hub.publish_many([(b"m", b"", 1, encode.tail(b"", b"x"))]) is None
+    hub.limit(s, 4)
+    hub.publish_many([(b"m", b"", 1, encode.tail(b"", b"y"))] * 3)
+    assert r.take().count(b"MSG m 1") == 4
+    assert r.subs == {} and len(hub) == 0
+
+
 def test_hub_max_msgs_expiry() -> None:
     hub = Hub()
     r = Rcv()
     s = subscribe(hub, r, b"m", b"1")
-    s.max_msgs = 2
+    hub.limit(s, 2)
     assert publish(hub, b"m", b"a") == 1
     assert r.retired_subs == [] and r.subs == {b"1": s}
     assert publish(hub, b"m", b"b") == 1
@@ -652,7 +665,7 @@ def test_hub_max_msgs_expiry() -> None:
     a, b = Rcv(), Rcv()
     sa = subscribe(hub, a, b"w", b"1", b"q")
     subscribe(hub, b, b"w", b"2", b"q")
-    sa.max_msgs = 1
+    hub.limit(sa, 1)
     for _ in range(30):
         publish(hub, b"w", b"x")
     assert bytes(a.out).count(b"MSG") <= 1
@@ -718,7 +731,7 @@ def test_hub_batch_publish_equals_single_publishes(limited: bool, size: int) -> 
         rs = [Rcv(), Rcv(echo=False), Rcv()]
         subscribe(hub, rs[0], b"s.*", b"1")
         subscribe(hub, rs[1], b"s.x", b"2")
-        subscribe(hub, rs[2], b">", b"3").max_msgs = 4 if limited else 0
+        hub.limit(subscribe(hub, rs[2], b">", b"3"), 4 if limited else 0)
         return hub, rs
 
     tails = [encode.tail(b"r", b"%02d" % i * (size // 2)) for i in range(6)]
@@ -748,7 +761,7 @@ def test_hub_publish_many_equals_single_publishes(limited: bool) -> None:
         rs = [Rcv(), Rcv(echo=False), Rcv(), Rcv()]
         subscribe(hub, rs[0], b"s.*", b"1")
         subscribe(hub, rs[1], b"s.x", b"2")
-        subscribe(hub, rs[2], b">", b"3").max_msgs = 3 if limited else 0
+        hub.limit(subscribe(hub, rs[2], b">", b"3"), 3 if limited else 0)
         subscribe(hub, rs[3], b"s.y", b"4", queue=b"q")
         return hub, rs
 
