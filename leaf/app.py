@@ -40,6 +40,9 @@ class App:
         self._stop.set()
 
     def lame_duck(self) -> None:
+        if self.server.lame_duck:  # a second SIGUSR2 changes nothing
+            return
+
         async def run() -> None:
             await self.server.enter_lame_duck()
             self.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,17 @@ from leaf.errors import ConfigError
 from leaf.subjects import SubjectIndex, is_literal, is_valid_subject, matches, pattern_covers
 
 AUTH_VIOLATION = "Authorization Violation"
+
+# A password starting with this is taken for a bcrypt hash (as nats-server does).
+BCRYPT_PREFIX = "$2"
+# $2a$/$2b$/$2y$, a two-digit cost 04-31, then 22 salt + 31 hash characters
+# of bcrypt's base64 alphabet.
+_BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+
+
+def is_bcrypt_hash(password: str) -> bool:
+    """Whether ``password`` is shaped like a bcrypt hash bcrypt.checkpw accepts."""
+    return _BCRYPT_HASH.fullmatch(password) is not None
 
 
 @dataclass(frozen=True)
@@ -136,7 +148,7 @@ class User:
     permissions: Permissions = field(default_factory=Permissions)
 
     def password_ok(self, given: str) -> bool:
-        if self.password.startswith("$2"):
+        if self.password.startswith(BCRYPT_PREFIX):
             import bcrypt
 
             try:
@@ -158,6 +170,15 @@ class Authenticator:
         self.nkeys = {u.nkey: u for u in users if u.nkey}
         if token and users:
             raise ConfigError("authorization: token cannot be combined with users")
+        # Last line of defence (config names the offending key first): every
+        # user must be reachable exactly one way, never shadowed or half-made.
+        for u in users:
+            if u.nkey and (u.user or u.password):
+                raise ConfigError("authorization: nkey users do not take usernames or passwords")
+            if not u.nkey and not u.user:
+                raise ConfigError("authorization: a user needs a name or an nkey")
+        if len(self.users) + len(self.nkeys) != len(users):
+            raise ConfigError("authorization: duplicate user names or nkeys")
 
     @property
     def required(self) -> bool:

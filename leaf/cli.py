@@ -48,8 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _setup_logging(debug: bool, trace: bool, log_file: str) -> None:
     level = logging.DEBUG if (debug or trace) else logging.INFO
-    handler: logging.Handler = (logging.FileHandler(log_file) if log_file
-                                else logging.StreamHandler(sys.stderr))
+    try:
+        handler: logging.Handler = (logging.FileHandler(log_file) if log_file
+                                    else logging.StreamHandler(sys.stderr))
+    except OSError as exc:
+        raise ConfigError(f"log file {log_file} (-l/--log / log.file): cannot open it: "
+                          f"{exc.strerror or exc}") from None
     handler.setFormatter(logging.Formatter(
         "[%(process)d] %(asctime)s.%(msecs)03d [%(levelname).3s] %(message)s", "%Y/%m/%d %H:%M:%S"))
     root = logging.getLogger()
@@ -61,13 +65,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from leaf import config
     from leaf.app import App
 
-    cfg = config.load(args.config) if args.config else config.Config()
-    if args.port is not None and not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port: must be 0-65535, got {args.port}")
-    if args.max_payload is not None and args.max_payload <= 0:
-        raise ConfigError(f"--max_payload: must be positive, got {args.max_payload}")
-    if args.password and not args.user:
-        raise ConfigError("--pass: needs --user")
+    cfg = config.load(args.config) if args.config is not None else config.Config()
+    # Every flag goes to config.with_flags, which range-checks it and names it.
     cfg = config.with_flags(
         cfg, host=args.host, port=args.port, name=args.name, max_payload=args.max_payload,
         http_port=args.http_port, token=args.token, user=args.user, password=args.password,

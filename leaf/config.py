@@ -1,11 +1,17 @@
-"""TOML configuration -> frozen dataclasses. Every bad key or value raises
-ConfigError naming it; nothing is silently ignored.
+"""TOML configuration -> frozen dataclasses. Every bad key, value or
+command-line flag raises ConfigError naming it and saying why; nothing is
+silently ignored (a key or flag that would have no effect is refused too) and
+no secret (token, password) is ever echoed back.
 
-Command-line flags (nats-server's names) are applied on top of the file.
+Command-line flags (nats-server's names) are applied on top of the file by
+``with_flags``; ``finalize`` then checks what needs both (TLS, ports) and
+loads the TLS files. cli.py prints a ConfigError and exits with status 2.
 """
 
 from __future__ import annotations
 
+import importlib
+import math
 import re
 import ssl
 import tomllib
@@ -13,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from leaf.auth import Authenticator, Permissions, User
+from leaf.auth import BCRYPT_PREFIX, Authenticator, Permissions, User, is_bcrypt_hash
 from leaf.errors import ConfigError
 from leaf.proto.conn import Keepalive
 from leaf.server import ServerOptions
@@ -22,17 +28,56 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
+# Go's time.Duration range (what nats-server can hold; /varz reports nanoseconds).
+MAX_DURATION = (2**63 - 1) / 1e9
+# The wire protocol's size field (PUB/MSG) is at most 9 digits.
+MAX_PAYLOAD_LIMIT = 999_999_999
+# Clients' CONNECT lines run to a few hundred bytes; a smaller limit refuses them.
+MIN_CONTROL_LINE = 256
+# Keys (and flags) whose values are never shown in a message; under
+# [authorization] only the _NOT_SECRET ones are.
+_SECRET_KEYS = frozenset({"token", "password", "pass", "auth"})
+_NOT_SECRET = frozenset({"user", "nkey", "timeout"})
+_AUTH_EXTRA = "pip install 'leaf[auth]'"
 
-def parse_duration(value: Any, where: str) -> float:
-    """Seconds from a number or a string like ``"100ms"``, ``"2m"``."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    if isinstance(value, str):
+
+def _got(value: Any, where: str) -> str:
+    """How a bad value is shown in a message: never the value of a secret.
+
+    Under ``authorization`` only user names, nkeys and the timeout are shown
+    (a stray string or table there may hold a password); elsewhere the value."""
+    last = where.rsplit(".", 1)[-1].lstrip("-")
+    secret = last in _SECRET_KEYS or (where.startswith("authorization")
+                                      and last not in _NOT_SECRET)
+    if not secret:
+        return repr(value)
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "a table"}
+    return kinds.get(type(value), f"a {type(value).__name__}") + " (value not shown)"
+
+
+def parse_duration(value: Any, where: str, minimum: float = 0.0,
+                   exclusive: bool = False) -> float:
+    """Seconds from a number or a string like ``"100ms"``, ``"2m"``; finite,
+    at least ``minimum`` (above it when ``exclusive``)."""
+    seconds: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
         m = _DURATION.match(value)
         if m:
             scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
-            return float(m.group(1)) * scale
-    raise ConfigError(f"{where}: expected a duration like 2, \"500ms\" or \"2m\", got {value!r}")
+            seconds = float(m.group(1)) * scale
+    if seconds is None:
+        raise ConfigError(f"{where}: expected a duration like 2, \"500ms\" or \"2m\", "
+                          f"got {_got(value, where)}")
+    if not math.isfinite(seconds) or seconds > MAX_DURATION:
+        raise ConfigError(f"{where}: must be a finite duration of at most {MAX_DURATION:.0f} "
+                          f"seconds, got {_got(value, where)}")
+    if seconds < minimum or (exclusive and seconds <= minimum):
+        need = f"greater than {minimum:g}" if exclusive else f"at least {minimum:g}"
+        raise ConfigError(f"{where}: must be {need} seconds, got {_got(value, where)}")
+    return seconds
 
 
 def parse_size(value: Any, where: str) -> int:
@@ -44,7 +89,19 @@ def parse_size(value: Any, where: str) -> int:
         if m:
             unit = (m.group(2) or "").lower()[:1]
             return int(m.group(1)) * _SIZE_UNITS[unit]
-    raise ConfigError(f"{where}: expected a size like 1048576 or \"1MB\", got {value!r}")
+    raise ConfigError(f"{where}: expected a size like 1048576 or \"1MB\", got {_got(value, where)}")
+
+
+def _tls_files(label: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{label} {path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _encrypted_key() -> bytes:
+    raise ConfigError("tls.key_file (--tlskey): the private key is encrypted; "
+                      "give an unencrypted key")
 
 
 @dataclass(frozen=True)
@@ -54,15 +111,52 @@ class TLSConfig:
     ca_file: str = ""
     verify: bool = False
 
+    def check(self) -> None:
+        """Refuse settings that cannot work or would be silently ignored."""
+        if not self.cert_file or not self.key_file:
+            raise ConfigError("tls: both a certificate (--tlscert / tls.cert_file) and a key "
+                              "(--tlskey / tls.key_file) are required")
+        if self.verify and not self.ca_file:
+            raise ConfigError("tls.verify (--tlsverify): requires a CA file to verify client "
+                              "certificates against (--tlscacert / tls.ca_file)")
+        if self.ca_file and not self.verify:
+            raise ConfigError("tls.ca_file (--tlscacert): only used to verify client "
+                              "certificates, but verification is off; set tls.verify = true "
+                              "(--tlsverify) or remove it")
+
     def context(self) -> ssl.SSLContext:
+        self.check()
+        cert_label, key_label = "tls.cert_file (--tlscert)", "tls.key_file (--tlskey)"
+        ca_label = "tls.ca_file (--tlscacert)"
+        _tls_files(cert_label, self.cert_file)
+        _tls_files(key_label, self.key_file)
+        if self.ca_file:
+            _tls_files(ca_label, self.ca_file)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:  # a certificate file holds certificates: load it alone to tell which file is bad
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(self.cert_file)
+        except (OSError, ssl.SSLError, ValueError):
+            raise ConfigError(f"{cert_label} {self.cert_file}: no PEM certificate in it") from None
         try:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
-            if self.ca_file:
+            ctx.load_cert_chain(self.cert_file, self.key_file, password=_encrypted_key)
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                raise ConfigError(f"{key_label} {self.key_file}: does not match the certificate "
+                                  f"in {cert_label} {self.cert_file}") from None
+            why = "no usable PEM private key in it" if exc.reason in (None, "PEM lib") \
+                else f"cannot load it ({exc.reason})"
+            raise ConfigError(f"{key_label} {self.key_file}: {why}") from None
+        except OSError as exc:
+            raise ConfigError(f"tls: cannot load {self.cert_file} / {self.key_file}: "
+                              f"{exc.strerror or exc}") from None
+        if self.ca_file:
+            try:
                 ctx.load_verify_locations(self.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"tls: cannot load certificate/key/CA: {exc}") from None
+            except (OSError, ssl.SSLError) as exc:
+                reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+                raise ConfigError(f"{ca_label} {self.ca_file}: cannot load CA certificates "
+                                  f"({reason})") from None
         if self.verify:
             ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
@@ -85,38 +179,54 @@ class Config:
         return Authenticator(self.token, self.users)
 
 
-_SERVER_KEYS: dict[str, str] = {
-    "host": "str", "port": "port", "name": "str", "max_payload": "size",
-    "max_control_line": "size", "max_connections": "int", "max_subscriptions": "int",
-    "max_pending": "size", "write_deadline": "duration", "ping_interval": "duration",
-    "max_pings_out": "int", "auth_timeout": "duration", "lame_duck_duration": "duration",
-    "lame_duck_grace_period": "duration", "http_port": "port", "http_host": "str",
+# key -> (kind, minimum); durations must be > 0 unless listed in _MAY_BE_ZERO.
+_SERVER_KEYS: dict[str, tuple[str, float]] = {
+    "host": ("str", 0), "port": ("port", 0), "name": ("str", 0),
+    "max_payload": ("size", 1), "max_control_line": ("size", MIN_CONTROL_LINE),
+    "max_connections": ("int", 1), "max_subscriptions": ("int", 0),
+    "max_pending": ("size", 1), "write_deadline": ("duration", 0),
+    "ping_interval": ("duration", 0), "max_pings_out": ("int", 1),
+    "auth_timeout": ("duration", 0), "lame_duck_duration": ("duration", 0),
+    "lame_duck_grace_period": ("duration", 0), "http_port": ("port", 0),
+    "http_host": ("str", 0),
+}
+_MAY_BE_ZERO = {"lame_duck_duration", "lame_duck_grace_period"}
+_MEANING = {
+    "max_connections": " (0 would refuse every client)",
+    "max_pings_out": " (0 would drop every client at its first PING)",
+    "max_payload": " (0 would refuse every message with a payload)",
+    "max_pending": " (0 would cut every client off as a slow consumer)",
+    "max_control_line": " (clients' CONNECT lines are longer)",
 }
 
 
-def _typed(kind: str, value: Any, where: str) -> Any:
+def _typed(kind: str, value: Any, where: str, minimum: float = 0) -> Any:
     if kind == "duration":
-        return parse_duration(value, where)
-    if kind == "size":
-        return parse_size(value, where)
+        key = where.rsplit(".", 1)[-1]
+        return parse_duration(value, where, minimum, exclusive=key not in _MAY_BE_ZERO)
     if kind == "str":
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {_got(value, where)}")
         return value
     if kind == "bool":
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {_got(value, where)}")
         return value
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{where}: expected a non-negative integer, got {value!r}")
+    if kind == "size":
+        value = parse_size(value, where)
+    elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{where}: expected a non-negative integer, got {_got(value, where)}")
     if kind == "port" and value > 65535:
         raise ConfigError(f"{where}: port must be 0-65535, got {value!r}")
+    if value < minimum:
+        meaning = _MEANING.get(where.rsplit(".", 1)[-1], "")
+        raise ConfigError(f"{where}: must be at least {minimum:g}{meaning}, got {value!r}")
     return value
 
 
 def _table(raw: Any, where: str, allowed: set[str]) -> dict[str, Any]:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a table, got {raw!r}")
+        raise ConfigError(f"{where}: expected a table, got {_got(raw, where)}")
     for key in raw:
         if key not in allowed:
             raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(allowed))})")
@@ -125,11 +235,20 @@ def _table(raw: Any, where: str, allowed: set[str]) -> dict[str, Any]:
 
 def load(path: str | Path) -> Config:
     """Read a TOML file into a Config."""
+    if not str(path):
+        raise ConfigError("-c/--config: is empty (give the path of a TOML file)")
     try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
+        data = Path(path).read_bytes()
     except OSError as exc:
-        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path}: not valid UTF-8 (line {line}, "
+                          f"byte offset {exc.start}); TOML files must be UTF-8") from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
     return from_dict(raw, str(path))
@@ -141,25 +260,44 @@ def from_dict(raw: dict[str, Any], source: str = "") -> Config:
     auth = _table(raw.get("authorization", {}), "authorization",
                   {"token", "user", "password", "users", "timeout"})
     if "timeout" in auth:
-        ka = replace(server["keepalive"], auth_timeout=parse_duration(auth["timeout"], "authorization.timeout"))
+        if "auth_timeout" in raw.get("server", {}):
+            raise ConfigError("authorization.timeout: server.auth_timeout is set too; set one")
+        ka = replace(server["keepalive"], auth_timeout=parse_duration(
+            auth["timeout"], "authorization.timeout", 0, exclusive=True))
         server["keepalive"] = ka
     token = _typed("str", auth.get("token", ""), "authorization.token")
-    users = list(_users(auth.get("users", [])))
+    if "token" in auth and not token:
+        raise ConfigError("authorization.token: is empty (remove it for no authentication)")
+    if "users" in auth and ("user" in auth or "password" in auth):
+        raise ConfigError("authorization.user: cannot be combined with authorization.users "
+                          "(put every user in the users list)")
+    users = _users(auth["users"]) if "users" in auth else []
     if "user" in auth or "password" in auth:
-        users.append(User(user=_typed("str", auth.get("user", ""), "authorization.user"),
-                          password=_typed("str", auth.get("password", ""), "authorization.password")))
+        name = _typed("str", auth.get("user", ""), "authorization.user")
+        if not name:
+            raise ConfigError("authorization.password: needs a non-empty authorization.user")
+        password = _typed("str", auth.get("password", ""), "authorization.password")
+        _check_password(password, "authorization.password")
+        users.append(User(user=name, password=password))
+    if token and users:
+        raise ConfigError("authorization.token: cannot be combined with users "
+                          "(authorization.user / authorization.users)")
     tls = None
     if "tls" in raw:
         t = _table(raw["tls"], "tls", {"cert_file", "key_file", "ca_file", "verify"})
         tls = TLSConfig(**{k: _typed("bool" if k == "verify" else "str", v, f"tls.{k}")
                            for k, v in t.items()})
     log = _table(raw.get("log", {}), "log", {"file", "debug", "trace"})
+    log_file = _typed("str", log.get("file", ""), "log.file")
+    if "file" in log and not log_file:
+        raise ConfigError("log.file: is empty (remove it to log to stderr)")
     http_port = server.pop("http_port", None)
     http_host = server.pop("http_host", "")
+    opts = ServerOptions(**server)
+    _check_limits(opts, "server.max_payload", "server.max_pending")
     cfg = Config(
-        server=ServerOptions(**server), http_host=http_host, http_port=http_port, token=token,
-        users=tuple(users), tls=tls,
-        log_file=_typed("str", log.get("file", ""), "log.file"),
+        server=opts, http_host=http_host, http_port=http_port, token=token,
+        users=tuple(users), tls=tls, log_file=log_file,
         debug=_typed("bool", log.get("debug", False), "log.debug"),
         trace=_typed("bool", log.get("trace", False), "log.trace"), source=source)
     cfg.authenticator()  # reject impossible combinations now, not at first CONNECT
@@ -171,80 +309,186 @@ def _server_section(raw: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     ka: dict[str, Any] = {}
     for key, value in raw.items():
-        v = _typed(_SERVER_KEYS[key], value, f"server.{key}")
-        if key == "ping_interval":
-            ka["ping_interval"] = v
-        elif key == "max_pings_out":
-            ka["max_pings_out"] = v
-        elif key == "auth_timeout":
-            ka["auth_timeout"] = v
+        kind, minimum = _SERVER_KEYS[key]
+        v = _typed(kind, value, f"server.{key}", minimum)
+        if key in ("ping_interval", "max_pings_out", "auth_timeout"):
+            ka[key] = v
         elif key == "lame_duck_grace_period":
             out["lame_duck_grace"] = v
         else:
             out[key] = v
+    if "host" in out and not out["host"]:
+        raise ConfigError('server.host: is empty (use "0.0.0.0" to listen on every interface)')
     out["keepalive"] = Keepalive(**ka)
     return out
 
 
+def _check_limits(opts: ServerOptions, payload_label: str, pending_label: str) -> None:
+    if opts.max_payload > MAX_PAYLOAD_LIMIT:
+        raise ConfigError(f"{payload_label}: must be at most {MAX_PAYLOAD_LIMIT} (the protocol's "
+                          f"size field has 9 digits), got {opts.max_payload}")
+    if opts.max_payload > opts.max_pending:
+        raise ConfigError(f"{payload_label}: {opts.max_payload} is larger than max_pending "
+                          f"({opts.max_pending}, {pending_label}); a message must fit in a "
+                          "client's pending buffer (nats-server refuses this too)")
+
+
+def _check_password(password: str, where: str) -> None:
+    """A password that looks like a bcrypt hash must be one, and bcrypt must be there."""
+    if not password.startswith(BCRYPT_PREFIX):
+        return
+    if not is_bcrypt_hash(password):
+        raise ConfigError(f"{where}: starts with {BCRYPT_PREFIX!r} but is not a valid bcrypt hash "
+                          "($2a$/$2b$/$2y$, a cost 04-31, '$', 53 characters of bcrypt base64)")
+    _require(where, "a bcrypt hash", "bcrypt")
+
+
+def _require(where: str, what: str, *modules: str) -> None:
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise ConfigError(f"{where}: {what} needs the {module.split('.')[0]} package, "
+                              f"which is not installed: {_AUTH_EXTRA}") from None
+
+
 def _users(raw: Any) -> list[User]:
     if not isinstance(raw, list):
-        raise ConfigError(f"authorization.users: expected a list of tables, got {raw!r}")
-    users = []
+        raise ConfigError(f"authorization.users: expected a list of tables, got {_got(raw, 'authorization.users')}")
+    if not raw:
+        raise ConfigError("authorization.users: is empty (remove it for no authentication)")
+    users: list[User] = []
+    names: dict[str, int] = {}
+    nkeys: dict[str, int] = {}
     for i, entry in enumerate(raw):
         where = f"authorization.users[{i}]"
         entry = _table(entry, where, {"user", "password", "nkey", "permissions"})
-        if not entry.get("user") and not entry.get("nkey"):
-            raise ConfigError(f"{where}: needs a user or an nkey")
+        user = _typed("str", entry.get("user", ""), f"{where}.user")
+        password = _typed("str", entry.get("password", ""), f"{where}.password")
         nkey = _typed("str", entry.get("nkey", ""), f"{where}.nkey")
-        if nkey and not (nkey.startswith("U") and len(nkey) == 56):
-            raise ConfigError(f"{where}.nkey: not a user public nkey (U..., 56 characters): {nkey!r}")
+        if nkey and ("user" in entry or "password" in entry):
+            raise ConfigError(f"{where}: nkey users do not take usernames or passwords "
+                              "(give either nkey, or user and password)")
+        if not user and not nkey:
+            raise ConfigError(f"{where}: needs a user or an nkey")
+        if nkey:
+            _check_nkey(nkey, f"{where}.nkey")
+            if nkey in nkeys:
+                raise ConfigError(f"{where}.nkey: duplicate nkey (also users[{nkeys[nkey]}])")
+            nkeys[nkey] = i
+        else:
+            if user in names:
+                raise ConfigError(f"{where}.user: duplicate user {user!r} (also users[{names[user]}])")
+            names[user] = i
+            _check_password(password, f"{where}.password")
         users.append(User(
-            user=_typed("str", entry.get("user", ""), f"{where}.user"),
-            password=_typed("str", entry.get("password", ""), f"{where}.password"),
-            nkey=nkey,
+            user=user, password=password, nkey=nkey,
             permissions=Permissions.from_config(entry.get("permissions"), f"{where}.permissions"),
         ))
     return users
 
 
+def _check_nkey(nkey: str, where: str) -> None:
+    if not (nkey.startswith("U") and len(nkey) == 56):
+        raise ConfigError(f"{where}: not a user public nkey (U..., 56 characters): {nkey!r}")
+    _require(where, "an nkey user", "nkeys", "nacl.signing")
+    from leaf.auth import _decode_public_nkey
+
+    if _decode_public_nkey(nkey) is None:
+        raise ConfigError(f"{where}: not a valid user public nkey (bad encoding or checksum): "
+                          f"{nkey!r}")
+
+
+def _flag_port(value: int, flag: str) -> int:
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{flag}: must be 0-65535, got {value}")
+    return value
+
+
 def with_flags(cfg: Config, **flags: Any) -> Config:
-    """Apply command-line overrides (None = not given)."""
-    server_changes = {k: v for k, v in flags.items()
-                      if v is not None and k in ("host", "port", "name", "max_payload")}
-    server = replace(cfg.server, **server_changes)
+    """Apply command-line overrides (None or False = not given)."""
+    given = {k: v for k, v in flags.items() if v is not None and v is not False}
+    for key, flag in (("host", "--addr"), ("user", "--user"), ("token", "--auth"),
+                      ("log_file", "--log"), ("tlscert", "--tlscert"), ("tlskey", "--tlskey"),
+                      ("tlscacert", "--tlscacert")):
+        if given.get(key) == "":
+            raise ConfigError(f"{flag}: is empty")
+    if "port" in given:
+        _flag_port(given["port"], "--port")
+    if "http_port" in given:
+        _flag_port(given["http_port"], "--http_port")
+    if "max_payload" in given and given["max_payload"] <= 0:
+        raise ConfigError(f"--max_payload: must be at least 1, got {given['max_payload']}")
+    server = replace(cfg.server, **{k: given[k] for k in ("host", "port", "name", "max_payload")
+                                    if k in given})
+    _check_limits(server, "--max_payload" if "max_payload" in given else "server.max_payload",
+                  "server.max_pending")
     changes: dict[str, Any] = {"server": server}
-    if flags.get("http_port") is not None:
-        changes["http_port"] = flags["http_port"]
-    if flags.get("token"):
-        changes["token"] = flags["token"]
-    if flags.get("user"):
-        changes["users"] = (User(user=flags["user"], password=flags.get("password") or ""),)
-    if flags.get("tlscert") or flags.get("tlskey") or flags.get("tls"):
-        base = cfg.tls or TLSConfig()
-        changes["tls"] = replace(
-            base,
-            cert_file=flags.get("tlscert") or base.cert_file,
-            key_file=flags.get("tlskey") or base.key_file,
-            ca_file=flags.get("tlscacert") or base.ca_file,
-            verify=bool(flags.get("tlsverify")) or base.verify)
+    if "http_port" in given:
+        changes["http_port"] = given["http_port"]
+    changes.update(_auth_flags(cfg, given))
+    changes.update(_tls_flags(cfg, given))
     for key in ("debug", "trace"):
-        if flags.get(key):
+        if given.get(key):
             changes[key] = True
-    if flags.get("log_file"):
-        changes["log_file"] = flags["log_file"]
+    if "log_file" in given:
+        changes["log_file"] = given["log_file"]
     out = replace(cfg, **changes)
     out.authenticator()
     return out
 
 
+def _auth_flags(cfg: Config, given: dict[str, Any]) -> dict[str, Any]:
+    if "password" in given and "user" not in given:
+        raise ConfigError("--pass: needs --user")
+    if "user" in given and "token" in given:
+        raise ConfigError("--auth: cannot be combined with --user/--pass")
+    source = f"the config file {cfg.source}" if cfg.source else "the configuration"
+    configured = ("authorization.token" if cfg.token else
+                  "users (authorization.user / authorization.users)" if cfg.users else "")
+    for key, flag in (("user", "--user"), ("token", "--auth")):
+        if key in given and configured:
+            raise ConfigError(f"{flag}: {source} already sets {configured}; configure client "
+                              "authentication in one place")
+    if "token" in given:
+        return {"token": given["token"]}
+    if "user" in given:
+        password = given.get("password", "")
+        _check_password(password, "--pass")
+        return {"users": (User(user=given["user"], password=password),)}
+    return {}
+
+
+def _tls_flags(cfg: Config, given: dict[str, Any]) -> dict[str, Any]:
+    enabling = [k for k in ("tls", "tlscert", "tlskey") if k in given]
+    extras = [k for k in ("tlsverify", "tlscacert") if k in given]
+    if not enabling and not extras:
+        return {}
+    if not enabling and cfg.tls is None:
+        raise ConfigError(f"--{extras[0]}: TLS is not enabled (give --tls --tlscert F --tlskey F, "
+                          "or a [tls] table in the config file)")
+    base = cfg.tls or TLSConfig()
+    return {"tls": replace(
+        base,
+        cert_file=given.get("tlscert", base.cert_file),
+        key_file=given.get("tlskey", base.key_file),
+        ca_file=given.get("tlscacert", base.ca_file),
+        verify=bool(given.get("tlsverify")) or base.verify)}
+
+
 def finalize(cfg: Config) -> Config:
-    """Resolve what needs files (TLS context) into the server options."""
+    """Check what needs the file and the flags together; resolve what needs
+    files (TLS context) into the server options."""
+    if cfg.http_host and cfg.http_port is None:
+        raise ConfigError("server.http_host: set, but monitoring is off "
+                          "(set server.http_port or -m/--http_port)")
+    if cfg.http_port and cfg.http_port == cfg.server.port and \
+            (cfg.http_host or cfg.server.host) == cfg.server.host:
+        raise ConfigError(f"http_port (-m/--http_port / server.http_port): {cfg.http_port} is "
+                          "also the client port")
     if cfg.trace:
         cfg = replace(cfg, server=replace(cfg.server, trace=True))
     if cfg.tls is None:
         return cfg
-    if not cfg.tls.cert_file or not cfg.tls.key_file:
-        raise ConfigError("tls: both a certificate (--tlscert / tls.cert_file) and a key "
-                          "(--tlskey / tls.key_file) are required")
     server = replace(cfg.server, tls=cfg.tls.context(), tls_verify=cfg.tls.verify)
     return replace(cfg, server=server)

@@ -23,6 +23,8 @@ ROUTE_CACHE_SIZE = 65536
 # From this payload size on, batches go out by reference (writev) instead of
 # being copied into the receiver's buffer.
 BIG_PAYLOAD = 512
+# Routes wider than this take the careful path, which watches queue sizes.
+FAN_OUT_GUARD = 32
 
 # (subject, reply, hdr_len, payload) -> None; hdr_len < 0 means no headers.
 Callback = Callable[[bytes, bytes, int, bytes], None]
@@ -76,11 +78,20 @@ _NO_ROUTE: _Route = ((), ())
 class Hub:
     """Subscriptions of one account and the fan-out of messages to them."""
 
-    def __init__(self, on_dirty: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_dirty: Callable[[], None] | None = None,
+        on_overflow: Callable[[Receiver], None] | None = None,
+        max_pending: int = 64 * 1024 * 1024,
+    ) -> None:
         self.index: SubjectIndex[Subscription] = SubjectIndex()
         self._routes: dict[bytes, _Route] = {}
         self.dirty: list[Receiver] = []
+        # on_dirty: schedule a flush (idempotent); on_overflow: a receiver's
+        # queue passed max_pending in the middle of a wide fan-out.
         self._on_dirty = on_dirty
+        self._on_overflow = on_overflow
+        self.max_pending = max_pending
         self.interest_watchers: list[Callable[[Subscription, int], None]] = []
         self._expired: list[Subscription] = []  # reached their UNSUB max during a publish
 
@@ -180,30 +191,44 @@ class Hub:
                 if self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail, hdr_len):
                     n += 1
                     break
+        if len(plain) > FAN_OUT_GUARD:
+            self._guard(plain)
+        self._drop_expired()
+        return n
+
+    def _guard(self, entries: tuple[_Entry, ...]) -> None:
+        """After a wide fan-out: cut off receivers whose queue outgrew the limit
+        before the rest of this read multiplies it further."""
+        if self._on_overflow is None:
+            return
+        for rcv in {id(e[1]): e[1] for e in entries}.values():
+            if len(rcv.out) > self.max_pending:
+                self._on_overflow(rcv)
+
+    def _drop_expired(self) -> None:
         if self._expired:
             for sub in self._expired:
                 self.expire(sub)
             self._expired.clear()
-        return n
 
     def publish_many(
         self, msgs: list[tuple[bytes, bytes, int, bytes]], origin: object = None,
-    ) -> list[tuple[bytes, bytes]] | None:
+        on_miss: Callable[[bytes, bytes], None] | None = None,
+    ) -> None:
         """``publish`` for consecutive messages without headers (see events.Pubs).
 
-        Returns the ``(subject, reply)`` of requests that reached nobody (for
-        no-responders), or None. This is the per-message hot path for mixed
-        traffic, so the common delivery is inlined here.
+        ``on_miss(subject, reply)`` runs, in order, for each request that
+        reached nobody (no-responders). This is the per-message hot path for
+        mixed traffic, so the common delivery is inlined here.
         """
         routes = self._routes
-        missed: list[tuple[bytes, bytes]] | None = None
         for subject, reply, size, tail in msgs:
             route = routes.get(subject)
             if route is None:
                 route = self._route(subject)
             plain, groups = route
             n = 0
-            if groups:
+            if groups or len(plain) > FAN_OUT_GUARD:
                 n = self._fan_out(route, subject, reply, size, tail, -1, origin)
             else:
                 for sub, rcv, prefix, hprefix, careful in plain:
@@ -220,43 +245,33 @@ class Hub:
                     rcv.out_bytes += size
                     n += 1
                     if not rcv.queued:
-                        rcv.queued = True
-                        self.dirty.append(rcv)
-                        if len(self.dirty) == 1 and self._on_dirty is not None:
-                            self._on_dirty()
-            if n == 0 and reply:
-                if missed is None:
-                    missed = []
-                missed.append((subject, reply))
+                        self.queue(rcv)
+            if n == 0 and reply and on_miss is not None:
+                on_miss(subject, reply)
         # Limits reached during the loop: _deliver already refused further
         # messages to those subscriptions, so dropping them now is exact.
-        if self._expired:
-            for sub in self._expired:
-                self.expire(sub)
-            self._expired.clear()
-        return missed
+        self._drop_expired()
 
     def publish_batch(
         self, subject: bytes, reply: bytes, size: int, tails: list[bytes], origin: object = None,
-    ) -> int:
+        on_miss: Callable[[bytes, bytes], None] | None = None,
+    ) -> None:
         """``publish`` for many messages on one subject (see events.PubBatch).
 
         A wire subscriber without a limit gets all of them in one join;
         anything that needs per-message decisions goes message by message.
-        Returns the number of messages that reached at least one subscriber.
+        ``on_miss`` as in ``publish_many``.
         """
         route = self._routes.get(subject)
         if route is None:
             route = self._route(subject)
-        if route is _NO_ROUTE:
-            return 0
         plain, groups = route
-        if groups or any(e[4] for e in plain):
-            hits = 0
+        if groups or len(plain) > FAN_OUT_GUARD or any(e[4] for e in plain):
             for tail in tails:
-                if self.publish(subject, reply, size, tail, -1, origin):
-                    hits += 1
-            return hits
+                if self.publish(subject, reply, size, tail, -1, origin) == 0 and reply \
+                        and on_miss is not None:
+                    on_miss(subject, reply)
+            return
         count = len(tails)
         delivered = False
         for sub, rcv, prefix, _, _ in plain:
@@ -277,11 +292,10 @@ class Hub:
             rcv.out_bytes += size * count
             delivered = True
             if not rcv.queued:
-                rcv.queued = True
-                self.dirty.append(rcv)
-                if len(self.dirty) == 1 and self._on_dirty is not None:
-                    self._on_dirty()
-        return count if delivered else 0
+                self.queue(rcv)
+        if not delivered and reply and on_miss is not None:
+            for _ in tails:
+                on_miss(subject, reply)
 
     def _deliver(
         self,
@@ -317,10 +331,7 @@ class Hub:
             out += CRLF
         rcv.out_bytes += size
         if not rcv.queued:
-            rcv.queued = True
-            self.dirty.append(rcv)
-            if len(self.dirty) == 1 and self._on_dirty is not None:
-                self._on_dirty()
+            self.queue(rcv)
         return True
 
     def limit(self, sub: Subscription, max_msgs: int) -> None:
@@ -335,6 +346,13 @@ class Hub:
         if owner is not None and owner.subs.get(sub.sid) is sub:
             del owner.subs[sub.sid]
             owner.retired(sub)
+
+    def queue(self, rcv: Receiver) -> None:
+        """``rcv`` has output to write: list it, and wake the driver's flush."""
+        rcv.queued = True
+        self.dirty.append(rcv)
+        if self._on_dirty is not None:
+            self._on_dirty()
 
     def take_dirty(self) -> list[Receiver]:
         dirty = self.dirty

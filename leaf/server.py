@@ -13,7 +13,7 @@ import os
 import socket
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from leaf import NATS_COMPAT_VERSION
@@ -22,17 +22,12 @@ from leaf.errors import ProtocolError
 from leaf.hub import Hub, Subscription
 from leaf.proto import encode
 from leaf.proto.conn import ClientSession, Keepalive
-from leaf.proto.events import Connect, Err, HPub, Ping, Pong, PubBatch, Pubs, Sub, Unsub
+from leaf.proto.events import Connect, Err, HPub, Ping, Pong, Pub, PubBatch, Pubs, Sub, Unsub
 from leaf.proto.parser import ServerParser
-from leaf.subjects import is_valid_literal_subject, is_valid_subscription_subject, matches
 
 log = logging.getLogger("leaf.server")
 
 MAX_CONNECTIONS_EXCEEDED = "maximum connections exceeded"
-MAX_SUBS_EXCEEDED = "maximum subscriptions exceeded"
-INVALID_SUBJECT = "Invalid Subject"
-INVALID_PUBLISH_SUBJECT = "Invalid Publish Subject"
-RESERVED_REPLY_PREFIXES = (b"_R_.", b"$JS.ACK.", b"_GR_.")
 _SECRETS = frozenset({"pass", "auth_token", "sig", "jwt"})
 
 
@@ -54,11 +49,8 @@ class ServerOptions:
     tls_verify: bool = False
     lame_duck_duration: float = 120.0
     lame_duck_grace: float = 10.0
+    tls_timeout: float = 2.0
     trace: bool = False  # log every protocol operation (-V); slows the hot path
-
-
-def _quote(subject: bytes) -> str:
-    return '"' + subject.decode("utf-8", "replace") + '"'
 
 
 class ClientConnection(asyncio.Protocol):
@@ -86,9 +78,6 @@ class ClientConnection(asyncio.Protocol):
         self.session: ClientSession | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
-        self._pub_allowed: dict[bytes, bool] | None = None
-        # True when a PUB needs no per-message checks (see _connect).
-        self._plain_pubs = False
         # TLS handshake running: output waits for the TLS transport.
         self._tls_pending = False
 
@@ -103,7 +92,12 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         info = server.client_info(self.cid, self.ip)
         loop = asyncio.get_running_loop()
-        self.session = ClientSession(info, server.auth, server.options.keepalive, loop.time())
+        keepalive = server.options.keepalive
+        if server.options.tls is not None:  # the handshake gets its own time first
+            keepalive = replace(keepalive, auth_timeout=max(
+                keepalive.auth_timeout, server.options.tls_timeout + 1))
+        self.session = ClientSession(info, server.auth, keepalive, loop.time())
+        self.parser.awaiting_auth = server.auth.required
         transport.write(self.session.info_line())
         if not server.register(self):
             self._fail(MAX_CONNECTIONS_EXCEEDED)
@@ -118,7 +112,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             tls = await loop.start_tls(
                 transport, self, self.server.options.tls, server_side=True,
-                ssl_handshake_timeout=self.server.options.keepalive.auth_timeout + 1)
+                ssl_handshake_timeout=self.server.options.tls_timeout)
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
             log.debug("cid=%d TLS handshake failed: %s", self.cid, exc)
             self.close("TLS handshake failed")
@@ -133,19 +127,26 @@ class ClientConnection(asyncio.Protocol):
         self.flush()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         session = self.session
         assert session is not None
         session.last_in = asyncio.get_running_loop().time()
         try:
-            events = self.parser.feed(data)
-        except ProtocolError as exc:
-            self._run_then_fail(exc.events, exc)
-            return
-        try:
-            self._process(events)
-        except ProtocolError as exc:
-            self._fail(exc.err)
-        self.server.flush()
+            try:
+                events = self.parser.feed(data)
+            except ProtocolError as exc:
+                self._run_then_fail(exc.events, exc)
+                return
+            try:
+                self._process(events)
+            except ProtocolError as exc:
+                self._fail(exc.err)
+        except Exception:  # a bug must cost one connection, never the server
+            log.exception("cid=%d internal error, closing the connection", self.cid)
+            self.close("internal error")
+        finally:
+            self.server.flush()
 
     def _run_then_fail(self, events: list[Any], exc: ProtocolError) -> None:
         try:
@@ -171,38 +172,41 @@ class ClientConnection(asyncio.Protocol):
     # -- protocol ----------------------------------------------------------
     def _process(self, events: list[Any]) -> None:
         if self.server.options.trace:
-            for ev in events:
-                if ev.__class__ is Connect:  # never log credentials
-                    ev = Connect({k: ("[REDACTED]" if k in _SECRETS else v)
-                                  for k, v in ev.options.items()})
-                log.debug("%s:%d - cid:%d - <<- %r", self.ip, self.port, self.cid, ev)
+            self._trace(events)
         hub = self.hub
-        plain = self._plain_pubs  # connected, no permissions, not pedantic, not verbose
+        session = self.session
+        assert session is not None
+        plain = session.plain_publishes
         for ev in events:
+            if self.closed:
+                return
             cls = ev.__class__
             if cls is Pubs:
                 if plain:
-                    missed = hub.publish_many(ev.msgs, self)
-                    if missed:
-                        for subject, reply in missed:
-                            self._no_delivery(subject, reply)
+                    hub.publish_many(ev.msgs, self, self._no_delivery)
                     continue
                 for subject, reply, size, tail in ev.msgs:
                     self._publish_checked(subject, reply, size, tail, -1)
             elif cls is PubBatch:
                 subject, reply, size, tails = ev
                 if plain:
-                    if hub.publish_batch(subject, reply, size, tails, self) == 0 and reply:
-                        for _ in tails:
-                            self._no_delivery(subject, reply)
+                    hub.publish_batch(subject, reply, size, tails, self, self._no_delivery)
                     continue
                 for tail in tails:
                     self._publish_checked(subject, reply, size, tail, -1)
-            elif cls is HPub:
-                self._publish_checked(ev.subject, ev.reply, ev.size, ev.tail, ev.hdr_len)
+            elif cls is HPub or cls is Pub:
+                self._publish_checked(ev.subject, ev.reply, ev.size, ev.tail,
+                                      ev.hdr_len if cls is HPub else -1)
             else:
                 self._control(ev)
-                plain = self._plain_pubs
+                plain = session.plain_publishes
+
+    def _trace(self, events: list[Any]) -> None:
+        for ev in events:
+            if ev.__class__ is Connect:  # never log credentials
+                ev = Connect({k: ("[REDACTED]" if k in _SECRETS else v)
+                              for k, v in ev.options.items()})
+            log.debug("%s:%d - cid:%d - <<- %r", self.ip, self.port, self.cid, ev)
 
     def _publish_checked(self, subject: bytes, reply: bytes, size: int, tail: bytes,
                          hdr_len: int) -> None:
@@ -210,19 +214,27 @@ class ClientConnection(asyncio.Protocol):
         assert session is not None
         if not session.connected:
             session.require_connect()
-        if self._pub_allowed is not None and not self._may_publish(subject, reply):
+        answer, allowed = session.publish_verdict(subject, reply)
+        self._send(answer)
+        if not allowed:
             return
-        if session.pedantic and not is_valid_literal_subject(subject):
-            self._send(encode.err(INVALID_PUBLISH_SUBJECT))
-        if session.verbose:
-            self._send(encode.OK)
+        if hdr_len == 0:  # an empty header block: nats-server delivers a plain MSG
+            hdr_len = -1
+            tail = encode.tail(reply, tail[len(tail) - size - 2 : -2])
         if self.hub.publish(subject, reply, size, tail, hdr_len, self) == 0 and reply:
             self._no_delivery(subject, reply)
 
     def _no_delivery(self, subject: bytes, reply: bytes) -> None:
+        """A request reached nobody: a 503 to the requester's own plain
+        subscription on the reply subject, when it asked for one."""
         session = self.session
-        if session is not None and session.no_responders:
-            self._no_responders(subject, reply)
+        if session is None or not session.no_responders:
+            return
+        for sub in self.hub.index.match(reply):
+            if sub.owner is self and not sub.queue:
+                headers = encode.no_responders(subject)
+                self._send(encode.hmsg(reply, sub.sid, b"", len(headers), headers))
+                return
 
     def _control(self, ev: Any) -> None:
         session = self.session
@@ -246,60 +258,65 @@ class ClientConnection(asyncio.Protocol):
     def _connect(self, ev: Connect) -> None:
         session = self.session
         assert session is not None
-        was_connected = session.connected
+        opts = session.check_connect(ev.options)
+        if not self.parser.awaiting_auth:
+            self._accept(opts, session.authenticate(opts))
+            return
+        # Authentication required: checking the credentials may be slow
+        # (bcrypt), so it runs off the event loop; the parser holds whatever
+        # followed the CONNECT until the verdict.
+        assert self.transport is not None
+        self.transport.pause_reading()
+        loop = asyncio.get_running_loop()
+        verdict = loop.run_in_executor(None, session.authenticate, opts)
+        verdict.add_done_callback(lambda f: self._verdict(opts, f))
+
+    def _verdict(self, opts: dict[str, Any], verdict: asyncio.Future[Any]) -> None:
+        if self.closed:
+            return
         try:
-            reply = session.receive_connect(ev.options, asyncio.get_running_loop().time())
+            user = verdict.result()
+        except Exception:  # a broken credential is a failed login, not a crash
+            log.exception("cid=%d authentication error", self.cid)
+            user = None
+        try:
+            try:
+                self._accept(opts, user)
+                self.parser.awaiting_auth = False
+                if self.transport is not None and not self._tls_pending:
+                    self.transport.resume_reading()
+                self._process(self.parser.resume())
+            except ProtocolError as exc:
+                self._run_then_fail(exc.events, exc)
+        finally:
+            self.server.flush()
+
+    def _accept(self, opts: dict[str, Any], user: Any) -> None:
+        session = self.session
+        assert session is not None
+        try:
+            reply = session.receive_connect(opts, asyncio.get_running_loop().time(), user)
         finally:
             self.parser.headers = session.headers
             self.echo = session.echo
             self.headers = session.headers
-        perms = session.user.permissions
-        if perms.publish_allow is not None or perms.publish_deny:
-            self._pub_allowed = {}
-        self._plain_pubs = (session.connected and self._pub_allowed is None
-                            and not session.pedantic and not session.verbose)
-        if not was_connected and session.user.user:
+        if session.user.user:
             log.debug("cid=%d authenticated as %s", self.cid, session.user.user)
         self._send(reply)
         self._arm_timer()
-
-    def _may_publish(self, subject: bytes, reply: bytes) -> bool:
-        cache = self._pub_allowed
-        assert cache is not None and self.session is not None
-        allowed = cache.get(subject)
-        if allowed is None:
-            allowed = self.session.user.permissions.can_publish(subject)
-            if len(cache) > 4096:
-                cache.clear()
-            cache[subject] = allowed
-        if not allowed:
-            self._send(encode.err(f"Permissions Violation for Publish to {_quote(subject)}"))
-            return False
-        if reply and reply.startswith(RESERVED_REPLY_PREFIXES):
-            self._send(encode.err(f"Permissions Violation for Publish with Reply of {_quote(reply)}"))
-            return False
-        return True
 
     def _subscribe(self, ev: Sub) -> None:
         session = self.session
         assert session is not None
         subject, queue, sid = ev
-        perms = session.user.permissions
-        if not perms.can_subscribe(subject, queue):
-            text = f"Permissions Violation for Subscription to {_quote(subject)}"
-            if queue:
-                text += f" using queue {_quote(queue)}"
-            self._send(encode.err(text))
-            return
-        limit = self.server.options.max_subscriptions
-        if limit and len(self.subs) >= limit:
-            self._send(encode.err(MAX_SUBS_EXCEEDED))
-            return
-        if not is_valid_subscription_subject(subject):
-            self._send(encode.err(INVALID_SUBJECT))
+        error = session.subscribe_error(subject, queue, len(self.subs),
+                                        self.server.options.max_subscriptions)
+        if error is not None:
+            self._send(encode.err(error))
             return
         if sid not in self.subs:
             sub = Subscription(subject, sid, self, queue)
+            perms = session.user.permissions
             if perms.subscribe_deny:
                 sub.denied = perms.deny_delivery
             self.subs[sid] = sub
@@ -320,21 +337,13 @@ class ClientConnection(asyncio.Protocol):
         if self.session.verbose:
             self._send(encode.OK)
 
-    def _no_responders(self, subject: bytes, reply: bytes) -> None:
-        for sub in self.subs.values():
-            if matches(sub.subject, reply):
-                headers = encode.no_responders(subject)
-                self._send(encode.hmsg(reply, sub.sid, b"", len(headers), headers))
-                return
-
     # -- output and lifecycle ---------------------------------------------
     def _send(self, data: bytes) -> None:
         if not data:
             return
         self.out += data
         if not self.queued:
-            self.queued = True
-            self.hub.dirty.append(self)
+            self.hub.queue(self)
 
     def flush(self) -> None:
         self.queued = False
@@ -446,7 +455,8 @@ class Server:
                  hub: Hub | None = None) -> None:
         self.options = options
         self.auth = auth or Authenticator()
-        self.hub = hub or Hub(on_dirty=self._schedule_flush)
+        self.hub = hub or Hub(on_dirty=self._schedule_flush, on_overflow=self._overflow,
+                              max_pending=options.max_pending)
         self.server_id = _server_id()
         self.name = options.name or self.server_id
         self.line_cache: dict[bytes, tuple] = {}
@@ -521,6 +531,10 @@ class Server:
             t[3] += c.out_bytes
         return t[0], t[1], t[2], t[3]
 
+    @staticmethod
+    def _overflow(rcv: Any) -> None:
+        rcv._slow_consumer("pending bytes over max_pending during fan-out")
+
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -540,7 +554,8 @@ class Server:
         task.add_done_callback(self._tasks.discard)
 
     async def enter_lame_duck(self) -> None:
-        """Stop accepting, tell clients, then close them spread over the duration."""
+        """Stop accepting, tell clients, then close them spread over the duration
+        (at most one a second, as nats-server does)."""
         if self.lame_duck:
             return
         self.lame_duck = True
@@ -553,10 +568,11 @@ class Server:
             conn.enter_lame_duck()
         await asyncio.sleep(opts.lame_duck_grace)
         conns = list(self.connections.values())
-        step = opts.lame_duck_duration / max(len(conns), 1)
-        for conn in conns:
+        step = min(opts.lame_duck_duration / max(len(conns), 1), 1.0)
+        for i, conn in enumerate(conns):
+            if i:
+                await asyncio.sleep(step)
             conn.close("lame duck mode")
-            await asyncio.sleep(step)
 
     async def close(self) -> None:
         if self._listener is not None:

@@ -27,6 +27,7 @@ from leaf.proto.events import (
     Err,
     HPub,
     Info,
+    Pub,
     PubBatch,
     Pubs,
     Sub,
@@ -39,6 +40,12 @@ MAX_CONTROL_LINE_EXCEEDED = "maximum control line exceeded"
 
 # Control lines parsed into a PUB/HPUB head, shared by the parsers of one server.
 LINE_CACHE_SIZE = 65536
+CACHED_LINE_MAX = 256
+AUTH_VIOLATION = "Authorization Violation"
+# Subjects and replies no client may publish with (gateway-routed replies,
+# raft, service imports): such PUBs are never batched, so each gets checked.
+RESERVED_SUBJECT_PREFIXES = (b"_GR_.", b"$NRG.")
+RESERVED_REPLY_PREFIXES = (b"_R_.", b"$JS.ACK.", b"_GR_.")
 
 _new = tuple.__new__
 _SPACES = b" \t"
@@ -96,12 +103,18 @@ class ServerParser:
         self._buf = bytearray()
         self._need = 0  # bytes the buffer must hold before anything can complete
         self._scan = 0  # where the next newline search starts in the buffer
+        # Set by the driver while authentication is required and not yet done.
+        self.awaiting_auth = False
+        self._held = False  # bytes after a CONNECT wait in _buf for its verdict
         self.msgs_in = 0  # PUB/HPUB messages parsed, and their payload bytes
         self.payload_bytes_in = 0
 
     def feed(self, data: bytes) -> list[Any]:
         """Consume ``data``; return the events it completed."""
         buf = self._buf
+        if self._held:  # a CONNECT awaits its verdict: keep everything after it
+            buf += data
+            return []
         if not buf:
             return self._parse(data, 0) if data else []
         need = self._need
@@ -133,7 +146,36 @@ class ServerParser:
         self._buf = bytearray()
         return self._parse(data, 0)
 
+    def resume(self) -> list[Any]:
+        """The CONNECT was accepted: parse what arrived behind it."""
+        self._held = False
+        data = bytes(self._buf)
+        self._buf = bytearray()
+        return self._parse(data, 0) if data else []
+
+    def _parse_before_auth(self, buf: bytes, pos: int) -> list[Any]:
+        """Until a CONNECT is accepted only CONNECT may come; any other op is
+        refused at its first byte, as nats-server does, and nothing after the
+        CONNECT is parsed (or buffered beyond one read) before its verdict."""
+        if pos >= len(buf):
+            return []
+        if buf[pos : pos + 1] not in (b"C", b"c"):
+            raise RemoteProtocolError("op before CONNECT", err=AUTH_VIOLATION)
+        nl = buf.find(b"\n", pos)
+        if nl < 0:
+            self._keep(buf, pos, 0, len(buf) - pos)
+            self._check_partial_line(self._buf)
+            return []
+        line = buf[pos : nl - 1] if nl > pos and buf[nl - 1] == 13 else buf[pos:nl]
+        event = self._parse_line(line)
+        self._buf = bytearray(buf[nl + 1 :])
+        self._need = self._scan = 0
+        self._held = True
+        return [event]
+
     def _parse(self, buf: bytes, pos: int) -> list[Any]:
+        if self.awaiting_auth:
+            return self._parse_before_auth(buf, pos)
         events: list[Any] = []
         append = events.append
         cache = self._cache
@@ -142,10 +184,15 @@ class ServerParser:
         tails = None
         last_head = None
         group: list[tuple[bytes, bytes, int, bytes]] | None = None
+        crlf_at = -1  # the first CRLF at or after pos, searched again only once passed
         try:
             while pos < end:
-                nl = buf.find(b"\r\n", pos)
-                head = cache.get(buf[pos:nl]) if nl >= 0 else None
+                if crlf_at < pos:
+                    crlf_at = buf.find(b"\r\n", pos)
+                    if crlf_at < 0:
+                        crlf_at = end  # none left: LF-only lines take the careful path
+                nl = crlf_at
+                head = cache.get(buf[pos:nl]) if nl < end else None
                 if head is not None:
                     start = nl + 2
                     off = head[6]
@@ -188,7 +235,11 @@ class ServerParser:
                             append(_new(Pubs, (group,)))
                         group.append((subject, reply, size, tail))
                     else:
-                        append(_new(HPub, (subject, reply, hdr_len, size, tail)))
+                        if kind == 1:
+                            append(_new(HPub, (subject, reply, hdr_len, size, tail)))
+                        else:  # a reserved subject or reply: checked one by one
+                            append(_new(Pub, (subject, reply, size, tail)))
+                            last_head = None  # and never batched
                         group = None
                     pos = done
                     continue
@@ -263,6 +314,8 @@ class ServerParser:
         PING/PONG/+OK is dropped (ignored anyway) and a run of separators
         after the op name is collapsed to one space.
         """
+        if self.awaiting_auth and pending[:1] not in (b"C", b"c"):
+            raise RemoteProtocolError("op before CONNECT", err=AUTH_VIOLATION)
         head = bytes(pending[:8]).upper()
         form = None
         for f in _OP_FORMS:
@@ -324,7 +377,9 @@ class ServerParser:
         if size > self.max_payload:
             raise RemoteProtocolError("payload too large", err=MAX_PAYLOAD_VIOLATION)
         suffix = (b" " + reply if reply else b"") + b" " + size_tok + b"\r\n"
-        return self._remember(line, (0, subject, reply, size, -1, suffix))
+        reserved = subject.startswith(RESERVED_SUBJECT_PREFIXES) or \
+            reply.startswith(RESERVED_REPLY_PREFIXES)
+        return self._remember(line, (2 if reserved else 0, subject, reply, size, -1, suffix))
 
     def _hpub(self, line: bytes) -> tuple:
         args = split_args(self._arg(line, 4))
@@ -351,15 +406,16 @@ class ServerParser:
         # canonical (single spaces), so the tail can be sliced out raw; and
         # what follows a payload when the same line comes next.
         subject, suffix = head[1], head[5]
-        op_len = 4 if head[0] == 0 else 5
+        op_len = 5 if head[0] == 1 else 4
         canonical = line[op_len : op_len + len(subject)] == subject \
             and line[op_len + len(subject):] == suffix[:-2] and line[op_len - 1] == 32
         off = op_len + len(subject) if canonical else -1
         head = head + (off, b"\r\n" + line + b"\r\n")
-        cache = self._cache
-        if len(cache) >= LINE_CACHE_SIZE:
-            cache.clear()
-        cache[line] = head
+        if len(line) <= CACHED_LINE_MAX:  # bounds the cache in bytes, not only entries
+            cache = self._cache
+            if len(cache) >= LINE_CACHE_SIZE:
+                cache.clear()
+            cache[line] = head
         return head
 
     def _sub(self, line: bytes) -> Sub:
@@ -399,7 +455,7 @@ class ServerParser:
 def _json_object(arg: bytes, op: str) -> dict[str, Any]:
     try:
         obj = json.loads(arg)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise RemoteProtocolError(f"{op} is not JSON", err=None) from None
     if not isinstance(obj, dict):
         raise RemoteProtocolError(f"{op} is not a JSON object", err=None)
