@@ -7,6 +7,7 @@ needs them, so a broker without such users runs without those packages.
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import re
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from leaf.errors import ConfigError
 from leaf.subjects import SubjectIndex, is_literal, is_valid_subject, matches, pattern_covers
 
 AUTH_VIOLATION = "Authorization Violation"
+PROVEN_CACHE_SIZE = 4096
 
 # A password starting with this is taken for a bcrypt hash (as nats-server does).
 BCRYPT_PREFIX = "$2"
@@ -46,15 +48,12 @@ class _PatternSet:
     def matches(self, subject: bytes) -> bool:
         if is_literal(subject):
             return bool(self._index.match(subject))
-        return any(matches(p, subject) or pattern_covers(p, subject) for p in self.patterns)
+        return any(matches(p, subject) for p in self.patterns)
 
     def covers(self, subject: bytes) -> bool:
         """For a wildcard SUB: is it entirely inside one allowed pattern?"""
         return any(pattern_covers(p, subject) for p in self.patterns)
 
-    def overlaps(self, subject: bytes) -> bool:
-        return any(matches(subject, p) or matches(p, subject) or pattern_covers(subject, p)
-                   for p in self.patterns)
 
 
 @dataclass(frozen=True)
@@ -179,6 +178,7 @@ class Authenticator:
                 raise ConfigError("authorization: a user needs a name or an nkey")
         if len(self.users) + len(self.nkeys) != len(users):
             raise ConfigError("authorization: duplicate user names or nkeys")
+        self._proven: set[bytes] = set()  # digests of user+password already checked
 
     @property
     def required(self) -> bool:
@@ -206,7 +206,13 @@ class Authenticator:
         name, password = opts.get("user"), opts.get("pass")
         if isinstance(name, str) and isinstance(password, str):
             user = self.users.get(name)
-            if user is not None and user.password_ok(password):
+            if user is None:
+                return None
+            # A bcrypt check costs ~0.1 s; remember passwords already proven.
+            proof = hashlib.sha256(f"{name}\0{password}".encode()).digest()
+            if proof in self._proven or user.password_ok(password):
+                if len(self._proven) < PROVEN_CACHE_SIZE:
+                    self._proven.add(proof)
                 return user
         return None
 

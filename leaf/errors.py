@@ -10,17 +10,17 @@ class LeafError(Exception):
 class ProtocolError(LeafError):
     """A peer broke the wire protocol.
 
-    ``err`` is the exact text to send back as ``-ERR '<err>'`` (None: close
-    silently, as nats-server does for malformed arguments). ``close`` says
-    whether the connection must be dropped afterwards. ``events`` holds the
-    events the parser completed before it hit the error, so they can still
-    be processed in order.
+    ``err`` is the exact text to send back as ``-ERR '<err>'`` before the
+    connection is closed (None: close silently, as nats-server does for
+    malformed arguments). ``events`` holds the events the parser completed
+    before it hit the error, so they can still be processed in order.
+    Errors that keep the connection open are not exceptions: they are
+    answered in place.
     """
 
-    def __init__(self, detail: str, err: str | None = None, close: bool = True) -> None:
+    def __init__(self, detail: str, err: str | None = None) -> None:
         super().__init__(detail)
         self.err = err
-        self.close = close
         self.events: list = []
 
 

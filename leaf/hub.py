@@ -20,6 +20,7 @@ from leaf.subjects import SubjectIndex, is_literal
 
 CRLF = b"\r\n"
 ROUTE_CACHE_SIZE = 65536
+CACHED_SUBJECT_MAX = 256
 # From this payload size on, batches go out by reference (writev) instead of
 # being copied into the receiver's buffer.
 BIG_PAYLOAD = 512
@@ -143,9 +144,10 @@ class Hub:
         route = (tuple(plain), tuple(tuple(g) for g in groups.values()))
         if not plain and not groups:
             route = _NO_ROUTE
-        if len(self._routes) >= ROUTE_CACHE_SIZE:
-            self._routes.clear()
-        self._routes[subject] = route
+        if len(subject) <= CACHED_SUBJECT_MAX:  # bounds the cache in bytes too
+            if len(self._routes) >= ROUTE_CACHE_SIZE:
+                self._routes.clear()
+            self._routes[subject] = route
         return route
 
     def publish(

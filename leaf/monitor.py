@@ -18,7 +18,6 @@ from urllib.parse import parse_qs, urlsplit
 from leaf import NATS_COMPAT_VERSION, __version__
 from leaf.server import ClientConnection, Server
 
-MAX_REQUEST = 8192
 
 
 def _iso(ts: float) -> str:

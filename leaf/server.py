@@ -70,7 +70,6 @@ class ClientConnection(asyncio.Protocol):
         self._retired_msgs = 0  # deliveries of subscriptions already gone
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.close_reason = ""
         self.ip, self.port = "", 0
         self.start = time.time()
         self.parser = ServerParser(
@@ -394,7 +393,6 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        self.close_reason = reason
         for t in (self._timer, self._stall_timer):
             if t is not None:
                 t.cancel()

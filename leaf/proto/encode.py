@@ -24,9 +24,6 @@ def err(text: str) -> bytes:
     return b"-ERR '" + text.encode() + b"'\r\n"
 
 
-def msg(subject: bytes, sid: bytes, reply: bytes, payload: bytes) -> bytes:
-    reply_part = b" " + reply if reply else b""
-    return b"MSG %b %b%b %d\r\n%b\r\n" % (subject, sid, reply_part, len(payload), payload)
 
 
 def hmsg(subject: bytes, sid: bytes, reply: bytes, hdr_len: int, payload: bytes) -> bytes:
@@ -36,28 +33,12 @@ def hmsg(subject: bytes, sid: bytes, reply: bytes, hdr_len: int, payload: bytes)
     )
 
 
-def pub(subject: bytes, reply: bytes, payload: bytes) -> bytes:
-    reply_part = b" " + reply if reply else b""
-    return b"PUB %b%b %d\r\n%b\r\n" % (subject, reply_part, len(payload), payload)
 
 
-def hpub(subject: bytes, reply: bytes, headers: bytes, body: bytes) -> bytes:
-    reply_part = b" " + reply if reply else b""
-    total = len(headers) + len(body)
-    return b"HPUB %b%b %d %d\r\n%b%b\r\n" % (
-        subject, reply_part, len(headers), total, headers, body,
-    )
 
 
-def sub(subject: bytes, sid: bytes, queue: bytes = b"") -> bytes:
-    queue_part = b" " + queue if queue else b""
-    return b"SUB %b%b %b\r\n" % (subject, queue_part, sid)
 
 
-def unsub(sid: bytes, max_msgs: int = 0) -> bytes:
-    if max_msgs > 0:
-        return b"UNSUB %b %d\r\n" % (sid, max_msgs)
-    return b"UNSUB %b\r\n" % sid
 
 
 def tail(reply: bytes, payload: bytes) -> bytes:
@@ -74,11 +55,6 @@ def htail(reply: bytes, hdr_len: int, payload: bytes) -> bytes:
     return b" %d %d\r\n%b\r\n" % (hdr_len, len(payload), payload)
 
 
-def status_headers(code: int, description: str = "", **fields: str) -> bytes:
-    """A header block whose first line carries a status, e.g. ``NATS/1.0 503``."""
-    first = b"NATS/1.0 %d" % code + (b" " + description.encode() if description else b"")
-    lines = [first] + [f"{k}: {v}".encode() for k, v in fields.items()]
-    return CRLF.join(lines) + CRLF + CRLF
 
 
 def no_responders(subject: bytes) -> bytes:

@@ -102,19 +102,8 @@ class Err(NamedTuple):
     text: str
 
 
-class Msg(NamedTuple):
-    subject: bytes
-    sid: bytes
-    reply: bytes
-    payload: bytes
 
 
-class HMsg(NamedTuple):
-    subject: bytes
-    sid: bytes
-    reply: bytes
-    hdr_len: int
-    payload: bytes
 
 
 PING = Ping()
