@@ -18,7 +18,7 @@ LEAF = Path(__file__).resolve().parent.parent / "leaf"
 
 PURE = ["subjects.py", "proto/*.py", "hub.py", "errors.py", "auth.py"]
 IO_MODULES = {"asyncio", "socket", "threading", "time", "logging", "ssl"}
-DRIVERS = {"leaf.server", "leaf.app", "leaf.config", "leaf.cli"}
+DRIVERS = {"leaf.server", "leaf.connection", "leaf.app", "leaf.config", "leaf.cli"}
 MAX_LINES = 600
 
 

@@ -640,8 +640,7 @@ def test_good_token(token_server: ServerProc, conns: list[Raw]) -> None:
     assert c.barrier() == [OK, OK, OK, msg("a", "1", b"x")]
 
 
-# -- differences found while writing these tests: nats-server passes, leaf does not (yet) -------
-# (the driver code involved, leaf/server.py and leaf/proto/conn.py, is not this file's to fix)
+# -- differences that once existed between leaf and nats-server --------------------------------
 
 def test_ops_before_connect_are_verbose_and_pedantic(any_server: ServerProc,
                                                      conns: list[Raw]) -> None:
