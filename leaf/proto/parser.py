@@ -260,20 +260,8 @@ class ServerParser:
                         tail = buf[pos + off : done]
                     else:
                         tail = suffix + buf[start : done - 2] + b"\r\n"
-                    if buf.startswith(again, done - 2):
-                        msgs += 1
-                        nbytes += size
-                        if kind == 1:
-                            append(_new(HPub, (subject, reply, hdr_len, size, tail)))
-                        elif tails is None:
-                            tails = [tail]
-                        else:
-                            tails.append(tail)
-                        pos = done
-                        start = done + step
-                        off = head[6]
-                        continue
-                    if buf[done - 2 : done] != b"\r\n":
+                    more = buf.startswith(again, done - 2)
+                    if not more and buf[done - 2 : done] != b"\r\n":
                         raise RemoteProtocolError("payload not followed by CRLF", err=UNKNOWN_OP)
                     msgs += 1
                     nbytes += size
@@ -284,7 +272,10 @@ class ServerParser:
                     else:
                         tails.append(tail)
                     pos = done
-                    break
+                    if not more:
+                        break
+                    start = done + step
+                    off = head[6]
                 if tails is not None:
                     append(_new(PubBatch, (subject, reply, size, tails)))
                     tails = None
