@@ -57,6 +57,7 @@ class ClientConnection(asyncio.Protocol):
         self._stall_timer: asyncio.TimerHandle | None = None
         # TLS handshake running: output waits for the TLS transport.
         self._tls_pending = False
+        self._paused_for_auth: asyncio.Transport | None = None
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -243,7 +244,9 @@ class ClientConnection(asyncio.Protocol):
         # (bcrypt), so it runs off the event loop; the parser holds whatever
         # followed the CONNECT until the verdict.
         assert self.transport is not None
-        self.transport.pause_reading()
+        # Remember which transport was paused: a TLS upgrade may swap it meanwhile.
+        self._paused_for_auth = self.transport
+        self._paused_for_auth.pause_reading()
         loop = asyncio.get_running_loop()
         verdict = loop.run_in_executor(None, session.authenticate, opts)
         verdict.add_done_callback(lambda f: self._verdict(opts, f))
@@ -260,8 +263,9 @@ class ClientConnection(asyncio.Protocol):
             try:
                 self._accept(opts, user)
                 self.parser.awaiting_auth = False
-                if self.transport is not None and not self._tls_pending:
-                    self.transport.resume_reading()
+                if self._paused_for_auth is not None:
+                    self._paused_for_auth.resume_reading()
+                    self._paused_for_auth = None
                 self._process(self.parser.resume())
             except ProtocolError as exc:
                 self._run_then_fail(exc.events, exc)

@@ -349,6 +349,25 @@ async def test_tls(kind: str, tls_files: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+async def test_tls_with_user_password(kind: str, tls_files: dict[str, str]) -> None:
+    """TLS and authentication together: the CONNECT arrives encrypted, right after the
+    handshake, and is checked before anything behind it."""
+    srv = start_kind(kind, args=["--tls", "--tlscert", tls_files["cert"], "--tlskey",
+                                 tls_files["key"], "--user", "u", "--pass", "p"])
+    try:
+        ctx = client_ctx(tls_files, with_cert=False)
+        clients = [await connect(f"tls://u:p@127.0.0.1:{srv.port}", tls=ctx) for _ in range(5)]
+        await roundtrip(clients[0], clients[-1])
+        for nc in clients:
+            await nc.close()
+        with pytest.raises((nats.errors.Error, OSError, asyncio.TimeoutError)):
+            bad = await connect(f"tls://u:wrong@127.0.0.1:{srv.port}", tls=ctx)
+            await bad.flush(timeout=1)
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("kind", KINDS)
 async def test_tls_verify_client_certificates(kind: str, tls_files: dict[str, str]) -> None:
     srv = start_kind(kind, args=["--tls", "--tlscert", tls_files["cert"], "--tlskey", tls_files["key"],
                                  "--tlsverify", "--tlscacert", tls_files["ca"]])
