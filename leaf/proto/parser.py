@@ -181,7 +181,6 @@ class ServerParser:
         cache = self._cache
         end = len(buf)
         msgs = nbytes = 0
-        tails = None
         last_head = None
         group: list[tuple[bytes, bytes, int, bytes]] | None = None
         crlf_at = -1  # the first CRLF at or after pos, searched again only once passed
@@ -197,23 +196,15 @@ class ServerParser:
                     start = nl + 2
                     off = head[6]
                 else:  # not cached yet, LF-only, or incomplete: the careful path
-                    nl = buf.find(b"\n", pos)
-                    if nl < 0:
-                        self._keep(buf, pos, 0, end - pos)
-                        self._check_partial_line(self._buf)
+                    found = self._uncached_line(buf, pos)
+                    if found is None:
                         break
-                    crlf = nl > pos and buf[nl - 1] == 13
-                    line = buf[pos : nl - 1] if crlf else buf[pos:nl]
-                    head = cache.get(line)
-                    if head is None:
-                        head = self._parse_line(line)
-                        if head.__class__ is not tuple:
-                            append(head)
-                            group = None
-                            pos = nl + 1
-                            continue
-                    start = nl + 1
-                    off = head[6] if crlf else -1  # LF-only: the raw bytes are not canonical
+                    head, start, off = found
+                    if head.__class__ is not tuple:  # an op other than PUB/HPUB
+                        append(head)
+                        group = None
+                        pos = start
+                        continue
                 kind, subject, reply, size, hdr_len, suffix, _, again = head
                 if kind == 1 and not self.headers:
                     raise _malformed("HPUB without headers support", buf[pos:start])
@@ -244,44 +235,8 @@ class ServerParser:
                     pos = done
                     continue
                 group = None
-                # The same control line again: a run (a sensor publishing one
-                # subject). Each further message costs one startswith, which
-                # checks this payload's CRLF and the next line together. PUBs
-                # in a run become one PubBatch.
-                step = len(again) - 2
-                tails: list[bytes] | None = None
-                while True:
-                    done = start + size + 2
-                    if done > end:
-                        self._keep(buf, pos, done - pos, 0)
-                        pos = end
-                        break
-                    if off >= 0:
-                        tail = buf[pos + off : done]
-                    else:
-                        tail = suffix + buf[start : done - 2] + b"\r\n"
-                    more = buf.startswith(again, done - 2)
-                    if not more and buf[done - 2 : done] != b"\r\n":
-                        raise RemoteProtocolError("payload not followed by CRLF", err=UNKNOWN_OP)
-                    msgs += 1
-                    nbytes += size
-                    if kind == 1:
-                        append(_new(HPub, (subject, reply, hdr_len, size, tail)))
-                    elif tails is None:
-                        tails = [tail]
-                    else:
-                        tails.append(tail)
-                    pos = done
-                    if not more:
-                        break
-                    start = done + step
-                    off = head[6]
-                if tails is not None:
-                    append(_new(PubBatch, (subject, reply, size, tails)))
-                    tails = None
+                pos = self._run(buf, pos, start, off, head, events)
         except RemoteProtocolError as exc:
-            if tails:
-                append(_new(PubBatch, (subject, reply, size, tails)))
             exc.events = events
             self._buf = bytearray()
             raise
@@ -289,6 +244,66 @@ class ServerParser:
             self.msgs_in += msgs
             self.payload_bytes_in += nbytes
         return events
+
+    def _uncached_line(self, buf: bytes, pos: int) -> tuple[Any, int, int] | None:
+        """The control line at ``pos`` the slow way (LF-only, not cached yet):
+        ``(head or event, where its payload or the next op starts, raw tail
+        offset)``, or None when the line is incomplete (then it is parked)."""
+        nl = buf.find(b"\n", pos)
+        if nl < 0:
+            self._keep(buf, pos, 0, len(buf) - pos)
+            self._check_partial_line(self._buf)
+            return None
+        crlf = nl > pos and buf[nl - 1] == 13
+        line = buf[pos : nl - 1] if crlf else buf[pos:nl]
+        head = self._cache.get(line)
+        if head is None:
+            head = self._parse_line(line)
+            if head.__class__ is not tuple:
+                return head, nl + 1, -1
+        return head, nl + 1, head[6] if crlf else -1  # LF-only: the raw bytes are not canonical
+
+    def _run(self, buf: bytes, pos: int, start: int, off: int, head: tuple,
+             events: list[Any]) -> int:
+        """The same control line again: a run (a sensor publishing one subject).
+        Each further message costs one startswith, which checks this payload's
+        CRLF and the next line together; PUBs in a run become one PubBatch.
+        Returns where parsing goes on."""
+        kind, subject, reply, size, hdr_len, suffix, _, again = head
+        end = len(buf)
+        step = len(again) - 2
+        tails: list[bytes] = []
+        msgs = 0
+        try:
+            while True:
+                done = start + size + 2
+                if done > end:
+                    self._keep(buf, pos, done - pos, 0)
+                    pos = end
+                    break
+                if off >= 0:
+                    tail = buf[pos + off : done]
+                else:
+                    tail = suffix + buf[start : done - 2] + b"\r\n"
+                more = buf.startswith(again, done - 2)
+                if not more and buf[done - 2 : done] != b"\r\n":
+                    raise RemoteProtocolError("payload not followed by CRLF", err=UNKNOWN_OP)
+                msgs += 1
+                if kind == 1:
+                    events.append(_new(HPub, (subject, reply, hdr_len, size, tail)))
+                else:
+                    tails.append(tail)
+                pos = done
+                if not more:
+                    break
+                start = done + step
+                off = head[6]
+        finally:
+            if tails:
+                events.append(_new(PubBatch, (subject, reply, size, tails)))
+            self.msgs_in += msgs
+            self.payload_bytes_in += msgs * size
+        return pos
 
     def _keep(self, buf: bytes, pos: int, need: int, scanned: int) -> None:
         """Park the unfinished tail of ``buf`` until ``need`` bytes are there."""
