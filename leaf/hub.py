@@ -93,7 +93,6 @@ class Hub:
         self._on_dirty = on_dirty
         self._on_overflow = on_overflow
         self.max_pending = max_pending
-        self.interest_watchers: list[Callable[[Subscription, int], None]] = []
         self._expired: list[Subscription] = []  # reached their UNSUB max during a publish
 
     def __len__(self) -> int:
@@ -102,14 +101,10 @@ class Hub:
     def add(self, sub: Subscription) -> None:
         self.index.add(sub)
         self._forget(sub.subject)
-        for watch in self.interest_watchers:
-            watch(sub, 1)
 
     def remove(self, sub: Subscription) -> None:
         if self.index.remove(sub):
             self._forget(sub.subject)
-            for watch in self.interest_watchers:
-                watch(sub, -1)
 
     def remove_all(self, subs: Iterable[Subscription]) -> None:
         for sub in list(subs):
