@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("leaf.server")
 
 MAX_CONNECTIONS_EXCEEDED = "maximum connections exceeded"
+# Back-pressure: a client's socket buffer over WRITE_HIGH pauses the publishers
+# feeding it (for at most PUBLISHER_HOLD seconds at a time) until it is under WRITE_LOW.
+WRITE_HIGH = 1024 * 1024
+WRITE_LOW = 256 * 1024
+PUBLISHER_HOLD = 0.25
 _SECRETS = frozenset({"pass", "auth_token", "sig", "jwt"})
 
 
@@ -58,6 +63,10 @@ class ClientConnection(asyncio.Protocol):
         # TLS handshake running: output waits for the TLS transport.
         self._tls_pending = False
         self._paused_for_auth: asyncio.Transport | None = None
+        self.congested = False  # our socket buffer is over its high-water mark
+        self._held_publishers: set[ClientConnection] = set()  # paused until we drain
+        self._holding = False  # our reading is paused for a congested receiver
+        self._hold_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -67,6 +76,7 @@ class ClientConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)  # type: ignore[attr-defined]
         server = self.server
         info = server.client_info(self.cid, self.ip)
         loop = asyncio.get_running_loop()
@@ -124,7 +134,9 @@ class ClientConnection(asyncio.Protocol):
             log.exception("cid=%d internal error, closing the connection", self.cid)
             self.close("internal error")
         finally:
-            self.server.flush()
+            congested = self.server.flush()
+            if congested:
+                self._hold_back(congested)
 
     def _run_then_fail(self, events: list[Any], exc: ProtocolError) -> None:
         try:
@@ -137,15 +149,52 @@ class ClientConnection(asyncio.Protocol):
         self.close("client closed connection" if exc is None else f"read error: {exc}")
 
     def pause_writing(self) -> None:
-        # The client stopped reading; give it write_deadline to catch up.
+        # The client reads slower than it is sent to: publishers feeding it
+        # pause briefly (see _hold_back), and it has write_deadline to catch up.
+        self.congested = True
         loop = asyncio.get_running_loop()
         self._stall_timer = loop.call_later(
             self.server.options.write_deadline, self._slow_consumer, "write deadline exceeded")
 
     def resume_writing(self) -> None:
+        self.congested = False
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None
+        self._release_publishers()
+
+    def _release_publishers(self) -> None:
+        waiting, self._held_publishers = self._held_publishers, set()
+        for publisher in waiting:
+            publisher._resume()
+
+    def _hold_back(self, receivers: list[ClientConnection]) -> None:
+        """Back-pressure: what we just published filled a receiver's socket
+        buffer, so stop reading from this publisher until one of them drains
+        or PUBLISHER_HOLD passes. Bounded, so a stuck receiver delays a
+        publisher by at most that long per read; the receiver itself is cut
+        off by max_pending / write_deadline."""
+        if self._holding or self.closed or self.transport is None \
+                or self._paused_for_auth is not None or self._tls_pending:
+            return
+        others = [r for r in receivers if r is not self and not r.closed]
+        if not others:
+            return
+        self._holding = True
+        self.transport.pause_reading()
+        for receiver in others:
+            receiver._held_publishers.add(self)
+        self._hold_timer = asyncio.get_running_loop().call_later(PUBLISHER_HOLD, self._resume)
+
+    def _resume(self) -> None:
+        if not self._holding:
+            return
+        self._holding = False
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        if not self.closed and self.transport is not None:
+            self.transport.resume_reading()
 
     # -- protocol ----------------------------------------------------------
     def _process(self, events: list[Any]) -> None:
@@ -375,9 +424,10 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        for t in (self._timer, self._stall_timer):
+        for t in (self._timer, self._stall_timer, self._hold_timer):
             if t is not None:
                 t.cancel()
+        self._release_publishers()
         self.hub.remove_all(self.subs.values())
         self.server.unregister(self)
         if self.transport is not None:

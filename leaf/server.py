@@ -138,13 +138,18 @@ class Server:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
-    def flush(self) -> None:
-        """Write out everything the hub queued for receivers."""
+    def flush(self) -> list[ClientConnection]:
+        """Write out everything the hub queued for receivers; return those
+        whose socket buffer is now over its high-water mark."""
         self._flush_scheduled = False
         hub = self.hub
+        congested: list[ClientConnection] = []
         while hub.dirty:
             for rcv in hub.take_dirty():
                 rcv.flush()  # type: ignore[attr-defined]
+                if rcv.congested:  # type: ignore[attr-defined]
+                    congested.append(rcv)  # type: ignore[arg-type]
+        return congested
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
