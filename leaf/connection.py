@@ -15,6 +15,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from leaf.auth import AUTH_VIOLATION
 from leaf.errors import ProtocolError
 from leaf.hub import Subscription
 from leaf.proto import encode
@@ -33,6 +34,7 @@ MAX_CONNECTIONS_EXCEEDED = "maximum connections exceeded"
 WRITE_HIGH = 1024 * 1024
 WRITE_LOW = 256 * 1024
 PUBLISHER_HOLD = 0.25
+PUBLISHER_HOLD_MAX = 1.0
 _SECRETS = frozenset({"pass", "auth_token", "sig", "jwt"})
 
 
@@ -66,7 +68,12 @@ class ClientConnection(asyncio.Protocol):
         self.congested = False  # our socket buffer is over its high-water mark
         self._held_publishers: set[ClientConnection] = set()  # paused until we drain
         self._holding = False  # our reading is paused for a congested receiver
+        self._held_by: list[ClientConnection] = []
         self._hold_timer: asyncio.TimerHandle | None = None
+        self._queued_bytes = 0  # handed to the transport so far (for write progress)
+        self._written_at_arm = 0
+        self._credentials: tuple[Any, ...] = ()
+        self._failed: str | None = None  # fatal error waiting for the TLS switch
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,11 +118,14 @@ class ClientConnection(asyncio.Protocol):
         # records (CONNECT, PING) before this task resumed; their replies
         # were held back and go out encrypted now.
         self.transport = tls  # type: ignore[assignment]
+        tls.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         self._tls_pending = False
         self.flush()
+        if self._failed is not None:
+            self.close(self._failed)
 
     def data_received(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed or self._failed is not None:
             return
         session = self.session
         assert session is not None
@@ -150,11 +160,28 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The client reads slower than it is sent to: publishers feeding it
-        # pause briefly (see _hold_back), and it has write_deadline to catch up.
+        # pause (see _hold_back), and it is cut off only if it makes no
+        # progress at all for write_deadline.
         self.congested = True
-        loop = asyncio.get_running_loop()
-        self._stall_timer = loop.call_later(
-            self.server.options.write_deadline, self._slow_consumer, "write deadline exceeded")
+        self._arm_write_deadline()
+
+    def _arm_write_deadline(self) -> None:
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        self._written_at_arm = self._queued_bytes - transport.get_write_buffer_size()
+        self._stall_timer = asyncio.get_running_loop().call_later(
+            self.server.options.write_deadline, self._write_deadline_passed)
+
+    def _write_deadline_passed(self) -> None:
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        written = self._queued_bytes - transport.get_write_buffer_size()
+        if written > self._written_at_arm:  # slow, but reading: give it another period
+            self._arm_write_deadline()
+            return
+        self._slow_consumer("write deadline exceeded")
 
     def resume_writing(self) -> None:
         self.congested = False
@@ -181,10 +208,22 @@ class ClientConnection(asyncio.Protocol):
         if not others:
             return
         self._holding = True
+        self._held_by = others
         self.transport.pause_reading()
         for receiver in others:
             receiver._held_publishers.add(self)
-        self._hold_timer = asyncio.get_running_loop().call_later(PUBLISHER_HOLD, self._resume)
+        self._hold_timer = asyncio.get_running_loop().call_later(
+            PUBLISHER_HOLD, self._hold_expired, PUBLISHER_HOLD)
+
+    def _hold_expired(self, held: float) -> None:
+        """Keep holding while a receiver is still congested, up to PUBLISHER_HOLD_MAX
+        in a row; then let one read through whatever the receivers do."""
+        self._hold_timer = None
+        if held < PUBLISHER_HOLD_MAX and any(r.congested and not r.closed for r in self._held_by):
+            self._hold_timer = asyncio.get_running_loop().call_later(
+                PUBLISHER_HOLD, self._hold_expired, held + PUBLISHER_HOLD)
+            return
+        self._resume()
 
     def _resume(self) -> None:
         if not self._holding:
@@ -193,6 +232,9 @@ class ClientConnection(asyncio.Protocol):
         if self._hold_timer is not None:
             self._hold_timer.cancel()
             self._hold_timer = None
+        for receiver in self._held_by:
+            receiver._held_publishers.discard(self)
+        self._held_by = []
         if not self.closed and self.transport is not None:
             self.transport.resume_reading()
 
@@ -286,8 +328,15 @@ class ClientConnection(asyncio.Protocol):
         session = self.session
         assert session is not None
         opts = session.check_connect(ev.options)
-        if not self.parser.awaiting_auth:
+        if not session.auth.required:
             self._accept(opts, session.authenticate(opts))
+            return
+        if session.connected:
+            # A repeated CONNECT may not change who the client is: that would
+            # need another (slow) credential check in the middle of its traffic.
+            if _credentials(opts) != self._credentials:
+                raise ProtocolError("CONNECT changed credentials", err=AUTH_VIOLATION)
+            self._accept(opts, session.user)
             return
         # Authentication required: checking the credentials may be slow
         # (bcrypt), so it runs off the event loop; the parser holds whatever
@@ -318,12 +367,18 @@ class ClientConnection(asyncio.Protocol):
                 self._process(self.parser.resume())
             except ProtocolError as exc:
                 self._run_then_fail(exc.events, exc)
+        except Exception:  # a bug must cost one connection, never the server
+            log.exception("cid=%d internal error, closing the connection", self.cid)
+            self.close("internal error")
         finally:
-            self.server.flush()
+            congested = self.server.flush()
+            if congested:
+                self._hold_back(congested)
 
     def _accept(self, opts: dict[str, Any], user: Any) -> None:
         session = self.session
         assert session is not None
+        self._credentials = _credentials(opts)
         try:
             reply = session.receive_connect(opts, asyncio.get_running_loop().time(), user)
         finally:
@@ -395,8 +450,10 @@ class ClientConnection(asyncio.Protocol):
             if out:
                 iov.append(out)
             self.iov = []
+            self._queued_bytes += sum(len(b) for b in iov)
             transport.writelines(iov)
         else:
+            self._queued_bytes += len(out)
             transport.write(out)
         if transport.get_write_buffer_size() > self.server.options.max_pending:
             self._slow_consumer("pending bytes over max_pending")
@@ -412,11 +469,14 @@ class ClientConnection(asyncio.Protocol):
 
     def _fail(self, err: str | None) -> None:
         """Send ``-ERR`` (if any) and close, as nats-server does on a fatal error."""
-        if self.closed:
+        if self.closed or self._failed is not None:
             return
         if err is not None:
             self._send(encode.err(err))
             log.debug("cid=%d -ERR '%s'", self.cid, err)
+        if self._tls_pending:  # the -ERR can only go out encrypted: close after the switch
+            self._failed = err or "protocol error"
+            return
         self.flush()
         self.close(err or "protocol error")
 
@@ -427,6 +487,8 @@ class ClientConnection(asyncio.Protocol):
         for t in (self._timer, self._stall_timer, self._hold_timer):
             if t is not None:
                 t.cancel()
+        for receiver in self._held_by:
+            receiver._held_publishers.discard(self)
         self._release_publishers()
         self.hub.remove_all(self.subs.values())
         self.server.unregister(self)
@@ -476,3 +538,7 @@ class ClientConnection(asyncio.Protocol):
         t = self.transport
         return len(self.out) + sum(len(b) for b in self.iov) + \
             (t.get_write_buffer_size() if t is not None else 0)
+
+
+def _credentials(opts: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(opts.get(key) for key in ("user", "pass", "auth_token", "nkey"))

@@ -98,3 +98,19 @@ def test_auth_gate_refuses_at_the_first_byte(first: bytes) -> None:
         finally:
             srv.stop()
     assert outs[0] == outs[1] == b"-ERR 'Authorization Violation'\r\n<closed>"
+
+
+def test_repeated_connect_keeps_its_identity() -> None:
+    """A second CONNECT with the same credentials is fine; one that tries to become
+    someone else is refused (leaf does not re-check credentials mid-traffic)."""
+    srv = start_leaf(config='[authorization]\nusers = [{ user = "a", password = "p" }, '
+                            '{ user = "b", password = "q" }]\n')
+    try:
+        same = exchange(srv.port, b'CONNECT {"verbose":false,"user":"a","pass":"p"}\r\n'
+                                  b'CONNECT {"verbose":true,"user":"a","pass":"p"}\r\nPING\r\n')
+        assert same == b"+OK\r\nPONG\r\n"
+        other = exchange(srv.port, b'CONNECT {"verbose":false,"user":"a","pass":"p"}\r\n'
+                                   b'CONNECT {"verbose":false,"user":"b","pass":"q"}\r\nPING\r\n')
+        assert other == b"-ERR 'Authorization Violation'\r\n<closed>"
+    finally:
+        srv.stop()
