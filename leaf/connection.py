@@ -13,7 +13,7 @@ import socket
 import ssl
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from leaf.auth import AUTH_VIOLATION
 from leaf.errors import ProtocolError
@@ -130,17 +130,18 @@ class ClientConnection(asyncio.Protocol):
         session = self.session
         assert session is not None
         session.last_in = asyncio.get_running_loop().time()
+        self._guarded(lambda: self._process(self.parser.feed(data)))
+
+    def _guarded(self, work: Callable[[], None]) -> None:
+        """Run ``work`` on received input: a protocol error closes this connection
+        as nats-server would, a bug closes it without taking the server down,
+        and whatever got queued is written out (with back-pressure)."""
         try:
             try:
-                events = self.parser.feed(data)
+                work()
             except ProtocolError as exc:
                 self._run_then_fail(exc.events, exc)
-                return
-            try:
-                self._process(events)
-            except ProtocolError as exc:
-                self._fail(exc.err)
-        except Exception:  # a bug must cost one connection, never the server
+        except Exception:
             log.exception("cid=%d internal error, closing the connection", self.cid)
             self.close("internal error")
         finally:
@@ -357,23 +358,16 @@ class ClientConnection(asyncio.Protocol):
         except Exception:  # a broken credential is a failed login, not a crash
             log.exception("cid=%d authentication error", self.cid)
             user = None
-        try:
-            try:
-                self._accept(opts, user)
-                self.parser.awaiting_auth = False
-                if self._paused_for_auth is not None:
-                    self._paused_for_auth.resume_reading()
-                    self._paused_for_auth = None
-                self._process(self.parser.resume())
-            except ProtocolError as exc:
-                self._run_then_fail(exc.events, exc)
-        except Exception:  # a bug must cost one connection, never the server
-            log.exception("cid=%d internal error, closing the connection", self.cid)
-            self.close("internal error")
-        finally:
-            congested = self.server.flush()
-            if congested:
-                self._hold_back(congested)
+
+        def accepted() -> None:
+            self._accept(opts, user)
+            self.parser.awaiting_auth = False
+            if self._paused_for_auth is not None:
+                self._paused_for_auth.resume_reading()
+                self._paused_for_auth = None
+            self._process(self.parser.resume())
+
+        self._guarded(accepted)
 
     def _accept(self, opts: dict[str, Any], user: Any) -> None:
         session = self.session
