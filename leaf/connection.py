@@ -20,7 +20,9 @@ from leaf.errors import ProtocolError
 from leaf.hub import Subscription
 from leaf.proto import encode
 from leaf.proto.conn import ClientSession
-from leaf.proto.events import Connect, Err, HPub, Ping, Pong, Pub, PubBatch, Pubs, Sub, Unsub
+from leaf.proto.events import (
+    Connect, Err, HPub, Ping, Pong, Pub, PubBatch, Pubs, Sub, Unsub, payload_of,
+)
 from leaf.proto.parser import ServerParser
 
 if TYPE_CHECKING:
@@ -290,7 +292,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if hdr_len == 0:  # an empty header block: nats-server delivers a plain MSG
             hdr_len = -1
-            tail = encode.tail(reply, tail[len(tail) - size - 2 : -2])
+            tail = encode.tail(reply, payload_of(tail, size))
         if self.hub.publish(subject, reply, size, tail, hdr_len, self) == 0 and reply:
             self._no_delivery(subject, reply)
 

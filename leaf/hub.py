@@ -116,6 +116,10 @@ class Hub:
         else:
             self._routes.clear()
 
+    @property
+    def cached_routes(self) -> int:
+        return len(self._routes)
+
     def has_interest(self, subject: bytes) -> bool:
         plain, groups = self._route(subject)
         return bool(plain or groups)

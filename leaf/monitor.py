@@ -165,7 +165,7 @@ class Monitor:
         s = self.server
         out: dict[str, Any] = {
             "server_id": s.server_id, "now": _iso(time.time()),
-            "num_subscriptions": len(s.hub), "num_cache": len(s.hub._routes),
+            "num_subscriptions": len(s.hub), "num_cache": s.hub.cached_routes,
         }
         if query.get("subs", ["false"])[0] in ("1", "true", "detail"):
             offset = _int_arg(query, "offset", 0)

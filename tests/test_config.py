@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import bcrypt
 import nacl.signing
@@ -37,30 +37,27 @@ def new_nkey() -> str:
 NKEY, NKEY2 = new_nkey(), new_nkey()
 
 
-def refused(raw: dict[str, Any] | str, *needles: str, secret: str | None = None) -> str:
-    """from_dict (a dict, or TOML text) must raise a ConfigError containing every needle."""
-    if isinstance(raw, str):
-        raw = tomllib.loads(raw)
+def _error_text(call: Callable[[], Any], needles: tuple[str, ...], secret: str | None) -> str:
+    """``call`` must raise a ConfigError naming every needle and never the secret."""
     with pytest.raises(ConfigError) as info:
-        config.from_dict(raw, "test.toml")
+        call()
     msg = str(info.value)
     for needle in needles:
         assert needle in msg, msg
     if secret is not None:
         assert secret not in msg, msg
     return msg
+
+
+def refused(raw: dict[str, Any] | str, *needles: str, secret: str | None = None) -> str:
+    """from_dict (a dict, or TOML text) must raise a ConfigError containing every needle."""
+    data = tomllib.loads(raw) if isinstance(raw, str) else raw
+    return _error_text(lambda: config.from_dict(data, "test.toml"), needles, secret)
 
 
 def flags_refused(cfg: config.Config, *needles: str, secret: str | None = None,
                   **flags: Any) -> str:
-    with pytest.raises(ConfigError) as info:
-        config.finalize(config.with_flags(cfg, **flags))
-    msg = str(info.value)
-    for needle in needles:
-        assert needle in msg, msg
-    if secret is not None:
-        assert secret not in msg, msg
-    return msg
+    return _error_text(lambda: config.finalize(config.with_flags(cfg, **flags)), needles, secret)
 
 
 def users(*entries: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ INVALID_SUBJECT = "Invalid Subject"
 INVALID_PUBLISH_SUBJECT = "Invalid Publish Subject"
 FIRST_PING_CAP = 2.0
 PERMISSION_CACHE_SIZE = 4096
+CACHED_SUBJECT_MAX = 256
 SYSTEM_QUEUE = b"_sys_"
 
 _BOOL_FIELDS = ("verbose", "pedantic", "tls_required", "echo", "headers", "no_responders")
@@ -161,9 +162,10 @@ class ClientSession:
         allowed = cache.get(subject)
         if allowed is None:
             allowed = self.user.permissions.can_publish(subject)
-            if len(cache) >= PERMISSION_CACHE_SIZE or len(subject) > 256:
-                cache.clear()
-            cache[subject] = allowed
+            if len(subject) <= CACHED_SUBJECT_MAX:  # bounds the cache in bytes too
+                if len(cache) >= PERMISSION_CACHE_SIZE:
+                    cache.clear()
+                cache[subject] = allowed
         return allowed
 
     def subscribe_error(self, subject: bytes, queue: bytes, count: int, limit: int) -> str | None:

@@ -19,6 +19,11 @@ class Connect(NamedTuple):
     options: dict[str, Any]
 
 
+def payload_of(tail: bytes, size: int) -> bytes:
+    """The payload inside a wire tail `` [reply] <sizes>\r\n<payload>\r\n``."""
+    return tail[len(tail) - size - 2 : -2]
+
+
 class Pub(NamedTuple):
     """A publish. ``tail`` is the wire form of everything after the subject:
     `` [reply] <size>\r\n<payload>\r\n``. Deliveries are built as
@@ -32,7 +37,7 @@ class Pub(NamedTuple):
 
     @property
     def payload(self) -> bytes:
-        return self.tail[len(self.tail) - self.size - 2 : -2]
+        return payload_of(self.tail, self.size)
 
 
 class PubBatch(NamedTuple):
@@ -72,7 +77,7 @@ class HPub(NamedTuple):
 
     @property
     def payload(self) -> bytes:
-        return self.tail[len(self.tail) - self.size - 2 : -2]
+        return payload_of(self.tail, self.size)
 
 
 class Sub(NamedTuple):
