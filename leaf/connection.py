@@ -69,7 +69,7 @@ class ClientConnection(asyncio.Protocol):
         self._paused_for_auth: asyncio.Transport | None = None
         self.congested = False  # our socket buffer is over its high-water mark
         self._held_publishers: set[ClientConnection] = set()  # paused until we drain
-        self._holding = False  # our reading is paused for a congested receiver
+        # Receivers whose congestion has our reading paused (empty: not paused).
         self._held_by: list[ClientConnection] = []
         self._hold_timer: asyncio.TimerHandle | None = None
         self._queued_bytes = 0  # handed to the transport so far (for write progress)
@@ -200,17 +200,16 @@ class ClientConnection(asyncio.Protocol):
 
     def _hold_back(self, receivers: list[ClientConnection]) -> None:
         """Back-pressure: what we just published filled a receiver's socket
-        buffer, so stop reading from this publisher until one of them drains
-        or PUBLISHER_HOLD passes. Bounded, so a stuck receiver delays a
-        publisher by at most that long per read; the receiver itself is cut
-        off by max_pending / write_deadline."""
-        if self._holding or self.closed or self.transport is None \
+        buffer, so stop reading from this publisher until one of them drains.
+        Bounded: after PUBLISHER_HOLD_MAX in a row one read goes through, so
+        a stuck receiver cannot stall a publisher; it is cut off by
+        max_pending / write_deadline instead."""
+        if self._held_by or self.closed or self.transport is None \
                 or self._paused_for_auth is not None or self._tls_pending:
             return
         others = [r for r in receivers if r is not self and not r.closed]
         if not others:
             return
-        self._holding = True
         self._held_by = others
         self.transport.pause_reading()
         for receiver in others:
@@ -229,9 +228,8 @@ class ClientConnection(asyncio.Protocol):
         self._resume()
 
     def _resume(self) -> None:
-        if not self._holding:
+        if not self._held_by:
             return
-        self._holding = False
         if self._hold_timer is not None:
             self._hold_timer.cancel()
             self._hold_timer = None
