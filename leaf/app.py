@@ -10,16 +10,19 @@ from typing import Any
 from leaf.config import Config
 from leaf.monitor import Monitor
 from leaf.server import Server
+from leaf.uplink import Uplink
 
 log = logging.getLogger("leaf")
 
 
 class App:
-    """A running broker: the client server plus the monitoring endpoint."""
+    """A running broker: the client server, the uplink to a hub (when
+    configured) and the monitoring endpoint."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.server = Server(cfg.server, cfg.authenticator())
+        self.uplink = Uplink(cfg.upstream, self.server) if cfg.upstream is not None else None
         self.monitor: Monitor | None = None
         self._stop = asyncio.Event()
 
@@ -27,13 +30,17 @@ class App:
         await self.server.start()
         opts = self.cfg.server
         if self.cfg.http_port is not None:
-            self.monitor = Monitor(self.server)
+            self.monitor = Monitor(self.server, self.uplink)
             await self.monitor.start(self.cfg.http_host or opts.host, self.cfg.http_port)
             log.info("Starting http monitor on %s:%d", self.cfg.http_host or opts.host,
                      self.monitor.port)
         log.info("Listening for client connections on %s:%d", opts.host, self.server.port)
         if opts.tls is not None:
             log.info("TLS required for client connections")
+        if self.uplink is not None:
+            log.info("Leaf node uplink to %s as %r", ", ".join(str(u) for u in self.uplink.urls),
+                     self.uplink.settings.name)
+            self.server.spawn(self.uplink.run())
         log.info("Server is ready")
 
     def stop(self) -> None:
@@ -70,4 +77,6 @@ class App:
     async def close(self) -> None:
         if self.monitor is not None:
             await self.monitor.close()
+        if self.uplink is not None:
+            await self.uplink.close()
         await self.server.close()

@@ -9,6 +9,12 @@ stream) get a callback instead of bytes.
 Routing a subject is done once and cached: the cache maps a subject to the
 matching subscriptions together with their pre-built ``MSG <subject> <sid>``
 prefixes, so delivering costs two buffer appends per receiver.
+
+Interest of the upstream hub (its ``LS+``) lives here too, as *remote*
+subscriptions owned by the uplink: their prefix is ``LMSG <subject>``, one
+frame per message however many of them match, and a hub queue group is
+only a fallback when no local member of that group takes the message, as
+nats-server's leaf nodes do.
 """
 
 from __future__ import annotations
@@ -49,7 +55,8 @@ class Receiver(Protocol):
 class Subscription:
     """One SUB: a subject (maybe wildcard), an optional queue group, its owner."""
 
-    __slots__ = ("subject", "queue", "sid", "owner", "max_msgs", "delivered", "callback", "denied")
+    __slots__ = ("subject", "queue", "sid", "owner", "max_msgs", "delivered", "callback", "denied",
+                 "remote", "max_size")
 
     def __init__(
         self,
@@ -58,6 +65,7 @@ class Subscription:
         owner: Receiver | None,
         queue: bytes = b"",
         callback: Callback | None = None,
+        remote: bool = False,
     ) -> None:
         self.subject = subject
         self.queue = queue
@@ -68,12 +76,20 @@ class Subscription:
         self.callback = callback
         # Subjects this subscriber may not receive even though the pattern matches.
         self.denied: Callable[[bytes], bool] | None = None
+        # Interest of the upstream hub (an LS+), delivered as LMSG/HMSG frames.
+        self.remote = remote
+        self.max_size = 0  # larger payloads are not delivered (0: no limit)
 
 
 # (subscription, owner, MSG prefix, HMSG prefix, needs per-message care)
 _Entry = tuple[Subscription, Receiver, bytes, bytes, bool]
-_Route = tuple[tuple[_Entry, ...], tuple[tuple[_Entry, ...], ...]]
-_NO_ROUTE: _Route = ((), ())
+# (plain entries, queue groups, uplink): a group's remote member, if any, is
+# its last entry; ``uplink`` is set only when a hub queue group matches, and
+# then holds the hub's plain interest (or None) instead of ``plain``.
+_Route = tuple[tuple[_Entry, ...], tuple[tuple[_Entry, ...], ...], "tuple[_Entry | None] | None"]
+_NO_ROUTE: _Route = ((), (), None)
+# (subscription, added): a local subscription came or went (see Hub.on_interest).
+InterestHook = Callable[[Subscription, bool], None]
 
 
 class Hub:
@@ -94,6 +110,9 @@ class Hub:
         self._on_overflow = on_overflow
         self.max_pending = max_pending
         self._expired: list[Subscription] = []  # reached their UNSUB max during a publish
+        # Told of every local subscription added or removed: the uplink
+        # announces local interest to the hub from it.
+        self.on_interest: InterestHook | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -101,10 +120,14 @@ class Hub:
     def add(self, sub: Subscription) -> None:
         self.index.add(sub)
         self._forget(sub.subject)
+        if self.on_interest is not None and not sub.remote:
+            self.on_interest(sub, True)
 
     def remove(self, sub: Subscription) -> None:
         if self.index.remove(sub):
             self._forget(sub.subject)
+            if self.on_interest is not None and not sub.remote:
+                self.on_interest(sub, False)
 
     def remove_all(self, subs: Iterable[Subscription]) -> None:
         for sub in list(subs):
@@ -120,9 +143,13 @@ class Hub:
     def cached_routes(self) -> int:
         return len(self._routes)
 
+    def forget_routes(self) -> None:
+        """Routing inputs changed outside add/remove (a remote ``denied`` rule)."""
+        self._routes.clear()
+
     def has_interest(self, subject: bytes) -> bool:
-        plain, groups = self._route(subject)
-        return bool(plain or groups)
+        plain, groups, uplink = self._route(subject)
+        return bool(plain or groups or uplink)
 
     def _route(self, subject: bytes) -> _Route:
         route = self._routes.get(subject)
@@ -130,8 +157,18 @@ class Hub:
             return route
         plain: list[_Entry] = []
         groups: dict[bytes, list[_Entry]] = {}
+        remote_plain: _Entry | None = None
+        remote_groups: dict[bytes, _Entry] = {}
         for sub in self.index.match(subject):
             if sub.denied is not None and sub.denied(subject):
+                continue
+            if sub.remote:  # one frame to the hub, however many of its LS+ match
+                entry = (sub, sub.owner, b"LMSG " + subject, b"HMSG " + subject,
+                         bool(sub.max_size))
+                if sub.queue:
+                    remote_groups.setdefault(sub.queue, entry)
+                elif remote_plain is None:
+                    remote_plain = entry
                 continue
             entry = (sub, sub.owner, b"MSG " + subject + b" " + sub.sid,
                      b"HMSG " + subject + b" " + sub.sid,
@@ -140,7 +177,14 @@ class Hub:
                 groups.setdefault(sub.queue, []).append(entry)
             else:
                 plain.append(entry)
-        route = (tuple(plain), tuple(tuple(g) for g in groups.values()))
+        uplink: tuple[_Entry | None] | None = None
+        if remote_groups:
+            for queue, entry in remote_groups.items():
+                groups.setdefault(queue, []).append(entry)  # last: the fallback member
+            uplink = (remote_plain,)
+        elif remote_plain is not None:
+            plain.append(remote_plain)
+        route = (tuple(plain), tuple(tuple(g) for g in groups.values()), uplink)
         if not plain and not groups:
             route = _NO_ROUTE
         if len(subject) <= CACHED_SUBJECT_MAX:  # bounds the cache in bytes too
@@ -157,34 +201,41 @@ class Hub:
         tail: bytes,
         hdr_len: int = -1,
         origin: object = None,
+        queues: tuple[bytes, ...] | None = None,
     ) -> int:
         """Deliver one message to every matching subscriber; return how many got it.
 
         ``tail`` is the wire form after the subject, `` [reply] <size>\r\n
         <payload>\r\n`` (see ``encode.tail``), ``size`` the payload size;
         ``hdr_len`` >= 0 means the payload starts with a header block of that
-        size and the tail carries both sizes.
+        size and the tail carries both sizes. ``queues`` (for a message from
+        the hub) names the only queue groups that may take it.
         """
         route = self._routes.get(subject)
         if route is None:
             route = self._route(subject)
         if route is _NO_ROUTE:
             return 0
-        return self._fan_out(route, subject, reply, size, tail, hdr_len, origin)
+        return self._fan_out(route, subject, reply, size, tail, hdr_len, origin, queues)
 
     def _fan_out(self, route: _Route, subject: bytes, reply: bytes, size: int, tail: bytes,
-                 hdr_len: int, origin: object) -> int:
-        """One message to every plain subscriber and one member per queue group."""
-        plain, groups = route
+                 hdr_len: int, origin: object, queues: tuple[bytes, ...] | None = None) -> int:
+        """One message to every plain subscriber and one member per queue group;
+        a hub queue group gets it only when no local member did."""
+        plain, groups, uplink = route
         n = 0
         for sub, rcv, prefix, hprefix, _ in plain:
             if rcv is origin and origin is not None and not rcv.echo:
                 continue
             if self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail, hdr_len):
                 n += 1
+        hub_groups: list[Subscription] | None = None
         for group in groups:
-            count = len(group)
-            first = int(random() * count)
+            fallback = group[-1] if group[-1][0].remote else None
+            if queues is not None and group[0][0].queue not in queues:
+                continue
+            count = len(group) - (fallback is not None)
+            first = int(random() * count) if count > 1 else 0
             for i in range(count):
                 sub, rcv, prefix, hprefix, _ = group[(first + i) % count]
                 if rcv is origin and origin is not None and not rcv.echo:
@@ -192,10 +243,49 @@ class Hub:
                 if self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail, hdr_len):
                     n += 1
                     break
+            else:
+                if fallback is not None and fallback[1] is not origin:
+                    if hub_groups is None:
+                        hub_groups = []
+                    hub_groups.append(fallback[0])
+        if uplink is not None and (hub_groups or uplink[0] is not None):
+            if self._to_hub(uplink[0], hub_groups, subject, reply, size, tail, hdr_len, origin):
+                n += 1
         if len(plain) > FAN_OUT_GUARD:
             self._guard(plain)
         self._drop_expired()
         return n
+
+    def _to_hub(self, entry: _Entry | None, hub_groups: list[Subscription] | None,
+                subject: bytes, reply: bytes, size: int, tail: bytes, hdr_len: int,
+                origin: object) -> bool:
+        """One LMSG/HMSG to the hub naming the hub queue groups that should take
+        the message (``LMSG <subject> [+ <reply>|'|'] <queue>... <size>``)."""
+        if not hub_groups:
+            assert entry is not None
+            sub, rcv, prefix, hprefix, _ = entry
+            if rcv is origin:
+                return False
+            return self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail, hdr_len)
+        sub = hub_groups[0]
+        rcv = sub.owner
+        assert rcv is not None
+        if sub.max_size and size > sub.max_size:
+            return False
+        names = b" ".join(s.queue for s in hub_groups)
+        op = b"HMSG " if hdr_len >= 0 else b"LMSG "
+        out = rcv.out
+        if reply:
+            out += op + subject + b" + " + reply + b" " + names
+            out += tail[len(reply) + 1:]
+        else:
+            out += op + subject + b" | " + names
+            out += tail
+        sub.delivered += 1
+        rcv.out_bytes += size
+        if not rcv.queued:
+            self.queue(rcv)
+        return True
 
     def _guard(self, entries: tuple[_Entry, ...]) -> None:
         """After a wide fan-out: cut off receivers whose queue outgrew the limit
@@ -215,6 +305,7 @@ class Hub:
     def publish_many(
         self, msgs: list[tuple[bytes, bytes, int, bytes]], origin: object = None,
         on_miss: Callable[[bytes, bytes], None] | None = None,
+        queues: tuple[bytes, ...] | None = None,
     ) -> None:
         """``publish`` for consecutive messages without headers (see events.Pubs).
 
@@ -227,10 +318,10 @@ class Hub:
             route = routes.get(subject)
             if route is None:
                 route = self._route(subject)
-            plain, groups = route
+            plain = route[0]
             n = 0
-            if groups or len(plain) > FAN_OUT_GUARD:
-                n = self._fan_out(route, subject, reply, size, tail, -1, origin)
+            if route[1] or len(plain) > FAN_OUT_GUARD:
+                n = self._fan_out(route, subject, reply, size, tail, -1, origin, queues)
             else:
                 for sub, rcv, prefix, hprefix, careful in plain:
                     if rcv is origin and origin is not None and not rcv.echo:
@@ -256,20 +347,21 @@ class Hub:
     def publish_batch(
         self, subject: bytes, reply: bytes, size: int, tails: list[bytes], origin: object = None,
         on_miss: Callable[[bytes, bytes], None] | None = None,
+        queues: tuple[bytes, ...] | None = None,
     ) -> None:
         """``publish`` for many messages on one subject (see events.PubBatch).
 
         A wire subscriber without a limit gets all of them in one join;
         anything that needs per-message decisions goes message by message.
-        ``on_miss`` as in ``publish_many``.
+        ``on_miss`` as in ``publish_many``, ``queues`` as in ``publish``.
         """
         route = self._routes.get(subject)
         if route is None:
             route = self._route(subject)
-        plain, groups = route
-        if groups or len(plain) > FAN_OUT_GUARD or any(e[4] for e in plain):
+        plain, groups, _ = route
+        if (groups and queues != ()) or len(plain) > FAN_OUT_GUARD or any(e[4] for e in plain):
             for tail in tails:
-                if self.publish(subject, reply, size, tail, -1, origin) == 0 and reply \
+                if self.publish(subject, reply, size, tail, -1, origin, queues) == 0 and reply \
                         and on_miss is not None:
                     on_miss(subject, reply)
             return
@@ -311,6 +403,8 @@ class Hub:
         hdr_len: int,
     ) -> bool:
         """Deliver to one subscriber the careful way: limits, callbacks, headers."""
+        if sub.max_size and size > sub.max_size:
+            return False
         if sub.max_msgs:
             if sub.delivered >= sub.max_msgs:
                 return False

@@ -1,4 +1,4 @@
-"""HTTP monitoring: /varz, /connz, /subsz, /healthz in nats-server's JSON shape.
+"""HTTP monitoring: /varz, /connz, /subsz, /leafz, /healthz in nats-server's JSON shape.
 
 A tiny HTTP/1.0-style responder on asyncio streams: monitoring traffic is
 rare and small, so simplicity wins over speed here.
@@ -12,11 +12,14 @@ import os
 import resource
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from leaf import NATS_COMPAT_VERSION, __version__
 from leaf.server import ClientConnection, Server
+
+if TYPE_CHECKING:
+    from leaf.uplink import Uplink
 
 
 
@@ -65,14 +68,15 @@ class _Cpu:
 class Monitor:
     """Serves the monitoring endpoints for one Server."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, uplink: Uplink | None = None) -> None:
         self.server = server
+        self.uplink = uplink
         self.port = 0
         self._listener: asyncio.AbstractServer | None = None
         self._cpu = _Cpu()
         self._routes: dict[str, Callable[[dict[str, list[str]]], dict[str, Any]]] = {
             "/varz": self.varz, "/connz": self.connz, "/subsz": self.subsz,
-            "/healthz": self.healthz, "/": self.index,
+            "/healthz": self.healthz, "/leafz": self.leafz, "/": self.index,
         }
 
     async def start(self, host: str, port: int) -> None:
@@ -128,6 +132,12 @@ class Monitor:
         s = self.server
         o = s.options
         in_msgs, in_bytes, out_msgs, out_bytes = s.totals()
+        leafnodes = 0
+        if self.uplink is not None:  # messages over the link count too, as in nats-server
+            up_in, up_in_bytes, up_out, up_out_bytes, _ = self.uplink.totals()
+            in_msgs, in_bytes = in_msgs + up_in, in_bytes + up_in_bytes
+            out_msgs, out_bytes = out_msgs + up_out, out_bytes + up_out_bytes
+            leafnodes = int(self.uplink.link is not None and self.uplink.link.ready_up)
         now = time.time()
         return {
             "server_id": s.server_id, "server_name": s.name, "version": NATS_COMPAT_VERSION,
@@ -144,8 +154,48 @@ class Monitor:
             "connections": len(s.connections), "total_connections": s.total_connections,
             "in_msgs": in_msgs, "out_msgs": out_msgs, "in_bytes": in_bytes, "out_bytes": out_bytes,
             "slow_consumers": s.slow_consumers, "subscriptions": len(s.hub),
-            "lame_duck_mode": s.lame_duck,
+            "leafnodes": leafnodes, "lame_duck_mode": s.lame_duck,
         }
+
+    def leafz(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        """nats-server's /leafz for our one uplink, plus how the link has fared:
+        connects, the last error, since when it is up, what it dropped."""
+        s = self.server
+        now = time.time()
+        leafs: list[dict[str, Any]] = []
+        up = self.uplink
+        if up is not None and up.link is not None and up.link.ready_up:
+            link = up.link
+            session = link.session
+            in_msgs, in_bytes, out_msgs, out_bytes, dropped = up.totals()
+            leaf: dict[str, Any] = {
+                "id": session.hub_info.get("client_id", 0),
+                "name": session.hub_info.get("server_name", ""),
+                "is_spoke": True, "account": session.account, "ip": link.ip, "port": link.port,
+                "rtt": _rtt(session.rtt), "in_msgs": in_msgs, "out_msgs": out_msgs,
+                "in_bytes": in_bytes, "out_bytes": out_bytes,
+                "subscriptions": len(link.remote), "compression": "off",
+            }
+            if query.get("subs", ["false"])[0] in ("1", "true", "detail"):
+                leaf["subscriptions_list"] = sorted(
+                    (k[0] + (b" " + k[1] if k[1] else b"")).decode("utf-8", "replace")
+                    for k in link.remote)
+            leafs.append(leaf)
+        out: dict[str, Any] = {"server_id": s.server_id, "now": _iso(now),
+                               "leafnodes": len(leafs), "leafs": leafs}
+        if up is not None:
+            in_msgs, in_bytes, out_msgs, out_bytes, dropped = up.totals()
+            out["uplink"] = {
+                "urls": [str(u) for u in up.urls], "connected": bool(leafs),
+                "url": str(up.link.url) if leafs and up.link is not None else "",
+                "connected_since": _iso(up.connected_since) if leafs else "",
+                "uptime": _uptime(now - up.connected_since) if leafs else "",
+                "connects": up.connects, "reconnects": max(up.connects - 1, 0),
+                "last_error": up.last_error, "in_msgs": in_msgs, "out_msgs": out_msgs,
+                "in_bytes": in_bytes, "out_bytes": out_bytes, "dropped_msgs": dropped,
+                "local_interest": len(up.ledger),
+            }
+        return out
 
     def connz(self, query: dict[str, list[str]]) -> dict[str, Any]:
         s = self.server
@@ -177,6 +227,17 @@ class Monitor:
                  "max": x.max_msgs, "cid": getattr(x.owner, "cid", 0)}
                 for x in subs[offset:offset + limit]])
         return out
+
+
+def _rtt(seconds: float) -> str:
+    """Go's duration text, as nats-server prints an RTT."""
+    if seconds <= 0:
+        return ""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.3f}\u00b5s"
+    if seconds < 1:
+        return f"{seconds * 1e3:.3f}ms"
+    return f"{seconds:.3f}s"
 
 
 def _int_arg(query: dict[str, list[str]], name: str, default: int) -> int:

@@ -107,8 +107,37 @@ class Err(NamedTuple):
     text: str
 
 
+class LeafSub(NamedTuple):
+    """``LS+``: the hub has interest in ``subject`` (``queue`` with ``weight``
+    members behind it, or a plain interest when ``queue`` is empty)."""
+
+    subject: bytes
+    queue: bytes
+    weight: int
 
 
+class LeafUnsub(NamedTuple):
+    """``LS-``: the hub's interest in ``subject`` [``queue``] is gone."""
+
+    subject: bytes
+    queue: bytes
+
+
+class LeafMsg(NamedTuple):
+    """An ``LMSG``/``HMSG`` from the hub for the queue groups it names. The
+    tail is in the client form (see ``Pub``) so local delivery needs no
+    re-formatting; plain LMSG/HMSG arrive as ``Pubs``/``PubBatch``/``HPub``."""
+
+    subject: bytes
+    reply: bytes
+    queues: tuple[bytes, ...]
+    hdr_len: int  # < 0: no headers
+    size: int
+    tail: bytes
+
+    @property
+    def payload(self) -> bytes:
+        return payload_of(self.tail, self.size)
 
 
 PING = Ping()

@@ -27,6 +27,7 @@ from leaf.proto.events import (
     Err,
     HPub,
     Info,
+    LeafMsg,
     Pub,
     PubBatch,
     Pubs,
@@ -87,7 +88,13 @@ def _malformed(what: str, line: bytes) -> RemoteProtocolError:
 
 
 class ServerParser:
-    """Parses what a client sends to a server (CONNECT, PUB, HPUB, SUB, ...)."""
+    """Parses what a client sends to a server (CONNECT, PUB, HPUB, SUB, ...).
+
+    A subclass speaks another dialect with its own ``_ops`` (first four or
+    three upper-cased bytes of a line -> handler) and ``_forms``."""
+
+    _ops: dict[bytes, Callable[[Any, bytes], Any]]
+    _forms: tuple[bytes, ...] = _OP_FORMS
 
     def __init__(
         self,
@@ -228,9 +235,12 @@ class ServerParser:
                     else:
                         if kind == 1:
                             append(_new(HPub, (subject, reply, hdr_len, size, tail)))
-                        else:  # a reserved subject or reply: checked one by one
+                        elif kind == 2:  # a reserved subject or reply: checked one by one
                             append(_new(Pub, (subject, reply, size, tail)))
                             last_head = None  # and never batched
+                        else:  # a message for named queue groups (leaf dialect)
+                            append(_new(LeafMsg, (subject, reply, again, hdr_len, size, tail)))
+                            last_head = None
                         group = None
                     pos = done
                     continue
@@ -324,7 +334,7 @@ class ServerParser:
             raise RemoteProtocolError("op before CONNECT", err=AUTH_VIOLATION)
         head = bytes(pending[:8]).upper()
         form = None
-        for f in _OP_FORMS:
+        for f in self._forms:
             if head.startswith(f):
                 form = f
                 break
@@ -351,12 +361,8 @@ class ServerParser:
     def _parse_line(self, line: bytes) -> Any:
         """A control line that is not in the cache: an event, or a PUB head tuple."""
         op = line[:8].upper()
-        handler = _OPS.get(op[:4]) or _OPS.get(op[:3])
+        handler = self._ops.get(op[:4]) or self._ops.get(op[:3])
         if handler is None:
-            if op.startswith(b"+OK"):
-                return OK
-            if op.startswith(b"CONNECT"):
-                return self._connect(line[7:].lstrip(_SPACES))
             raise RemoteProtocolError(f"unknown op {line[:16]!r}", err=UNKNOWN_OP)
         return handler(self, line)
 
@@ -385,7 +391,7 @@ class ServerParser:
         suffix = (b" " + reply if reply else b"") + b" " + size_tok + b"\r\n"
         reserved = subject.startswith(RESERVED_SUBJECT_PREFIXES) or \
             reply.startswith(RESERVED_REPLY_PREFIXES)
-        return self._remember(line, (2 if reserved else 0, subject, reply, size, -1, suffix))
+        return self._remember(line, (2 if reserved else 0, subject, reply, size, -1, suffix), 4)
 
     def _hpub(self, line: bytes) -> tuple:
         args = split_args(self._arg(line, 4))
@@ -405,14 +411,14 @@ class ServerParser:
         if size > self.max_payload:
             raise RemoteProtocolError("payload too large", err=MAX_PAYLOAD_VIOLATION)
         suffix = (b" " + reply if reply else b"") + b" " + hdr_tok + b" " + size_tok + b"\r\n"
-        return self._remember(line, (1, subject, reply, size, hdr_len, suffix))
+        return self._remember(line, (1, subject, reply, size, hdr_len, suffix), 5)
 
-    def _remember(self, line: bytes, head: tuple) -> tuple:
+    def _remember(self, line: bytes, head: tuple, op_len: int) -> tuple:
         # Where the subject ends in the line when the rest of the line is
         # canonical (single spaces), so the tail can be sliced out raw; and
-        # what follows a payload when the same line comes next.
+        # what follows a payload when the same line comes next. ``op_len``:
+        # the op name and its space.
         subject, suffix = head[1], head[5]
-        op_len = 5 if head[0] == 1 else 4
         canonical = line[op_len : op_len + len(subject)] == subject \
             and line[op_len + len(subject):] == suffix[:-2] and line[op_len - 1] == 32
         off = op_len + len(subject) if canonical else -1
@@ -442,6 +448,11 @@ class ServerParser:
             return Unsub(args[0], parse_size(args[1]))
         raise _malformed("UNSUB arguments", line)
 
+    def _connect_line(self, line: bytes) -> Connect:
+        if line[:7].upper() != b"CONNECT":
+            raise RemoteProtocolError(f"unknown op {line[:16]!r}", err=UNKNOWN_OP)
+        return self._connect(line[7:].lstrip(_SPACES))
+
     def _connect(self, arg: bytes) -> Connect:
         if len(arg) > self.max_control_line:
             raise RemoteProtocolError("control line too long", err=MAX_CONTROL_LINE_EXCEEDED)
@@ -468,13 +479,16 @@ def _json_object(arg: bytes, op: str) -> dict[str, Any]:
     return obj
 
 
-_OPS: dict[bytes, Callable[[ServerParser, bytes], Any]] = {
+_OPS: dict[bytes, Callable[[Any, bytes], Any]] = {
     b"PUB": ServerParser._pub,
     b"HPUB": ServerParser._hpub,
     b"SUB": ServerParser._sub,
     b"UNSU": ServerParser._unsub,
+    b"CONN": ServerParser._connect_line,
     b"PING": lambda self, line: PING,
     b"PONG": lambda self, line: PONG,
+    b"+OK": lambda self, line: OK,
     b"INFO": ServerParser._info,
     b"-ERR": ServerParser._err,
 }
+ServerParser._ops = _OPS
