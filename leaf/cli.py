@@ -36,6 +36,9 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("-DV", dest="debug_trace", action="store_true", help="debug and trace")
     p.add_argument("-l", "--log", dest="log_file", help="file to redirect log output to")
     p.add_argument("--max_payload", type=int, help="maximum message payload in bytes")
+    p.add_argument("--upstream", action="append", metavar="URL",
+                   help="hub leafnodes URL to connect to as a leaf node, e.g. "
+                        "nats-leaf://hub:7422 (repeatable; replaces upstream.urls)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +75,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         http_port=args.http_port, token=args.token, user=args.user, password=args.password,
         tls=args.tls, tlscert=args.tlscert, tlskey=args.tlskey, tlsverify=args.tlsverify,
         tlscacert=args.tlscacert, debug=args.debug or args.debug_trace,
-        trace=args.trace or args.debug_trace, log_file=args.log_file)
+        trace=args.trace or args.debug_trace, log_file=args.log_file, upstream=args.upstream)
     cfg = config.finalize(cfg)
     _setup_logging(cfg.debug, cfg.trace, cfg.log_file)
     runner = asyncio.run

@@ -5,7 +5,8 @@ no secret (token, password) is ever echoed back.
 
 Command-line flags (nats-server's names) are applied on top of the file by
 ``with_flags``; ``finalize`` then checks what needs both (TLS, ports) and
-loads the TLS files. cli.py prints a ConfigError and exits with status 2.
+loads the TLS files. The [upstream] table (the leaf-node uplink) is parsed
+by upstream_config. cli.py prints a ConfigError and exits with status 2.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import ssl
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from leaf.auth import BCRYPT_PREFIX, Authenticator, Permissions, User, is_bcrypt_hash
 from leaf.errors import ConfigError
 from leaf.proto.conn import Keepalive
 from leaf.server import ServerOptions
+
+if TYPE_CHECKING:
+    from leaf.upstream_config import UpstreamOptions
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
@@ -35,9 +39,11 @@ MAX_PAYLOAD_LIMIT = 999_999_999
 # Clients' CONNECT lines run to a few hundred bytes; a smaller limit refuses them.
 MIN_CONTROL_LINE = 256
 # Keys (and flags) whose values are never shown in a message; under
-# [authorization] only the _NOT_SECRET ones are.
+# [authorization] only the _NOT_SECRET ones are. Upstream URLs may carry
+# user:password@ and the upstream user is a credential too.
 _SECRET_KEYS = frozenset({"token", "password", "pass", "auth"})
 _NOT_SECRET = frozenset({"user", "nkey", "timeout"})
+_SECRET_PLACES = ("upstream.urls", "upstream.user", "--upstream")
 _AUTH_EXTRA = "pip install 'leaf[auth]'"
 
 
@@ -45,10 +51,11 @@ def _got(value: Any, where: str) -> str:
     """How a bad value is shown in a message: never the value of a secret.
 
     Under ``authorization`` only user names, nkeys and the timeout are shown
-    (a stray string or table there may hold a password); elsewhere the value."""
+    (a stray string or table there may hold a password); the upstream URLs,
+    user and a non-table ``upstream`` are not shown either; elsewhere the value."""
     last = where.rsplit(".", 1)[-1].lstrip("-")
-    secret = last in _SECRET_KEYS or (where.startswith("authorization")
-                                      and last not in _NOT_SECRET)
+    secret = (last in _SECRET_KEYS or where == "upstream" or where.startswith(_SECRET_PLACES)
+              or (where.startswith("authorization") and last not in _NOT_SECRET))
     if not secret:
         return repr(value)
     kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
@@ -173,6 +180,7 @@ class Config:
     log_file: str = ""
     debug: bool = False
     trace: bool = False
+    upstream: UpstreamOptions | None = None
     source: str = field(default="", compare=False)
 
     def authenticator(self) -> Authenticator:
@@ -255,7 +263,10 @@ def load(path: str | Path) -> Config:
 
 
 def from_dict(raw: dict[str, Any], source: str = "") -> Config:
-    _table(raw, "config", {"server", "authorization", "tls", "log"})
+    # upstream_config builds on this module's value parsers: imported here, not at the top.
+    from leaf.upstream_config import parse_upstream
+
+    _table(raw, "config", {"server", "authorization", "tls", "log", "upstream"})
     server = _server_section(raw.get("server", {}))
     auth = _table(raw.get("authorization", {}), "authorization",
                   {"token", "user", "password", "users", "timeout"})
@@ -299,7 +310,8 @@ def from_dict(raw: dict[str, Any], source: str = "") -> Config:
         server=opts, http_host=http_host, http_port=http_port, token=token,
         users=tuple(users), tls=tls, log_file=log_file,
         debug=_typed("bool", log.get("debug", False), "log.debug"),
-        trace=_typed("bool", log.get("trace", False), "log.trace"), source=source)
+        trace=_typed("bool", log.get("trace", False), "log.trace"),
+        upstream=parse_upstream(raw["upstream"]) if "upstream" in raw else None, source=source)
     cfg.authenticator()  # reject impossible combinations now, not at first CONNECT
     return cfg
 
@@ -433,6 +445,8 @@ def with_flags(cfg: Config, **flags: Any) -> Config:
             changes[key] = True
     if "log_file" in given:
         changes["log_file"] = given["log_file"]
+    if given.get("upstream"):
+        changes["upstream"] = _upstream_flags(cfg, given["upstream"])
     out = replace(cfg, **changes)
     out.authenticator()
     return out
@@ -459,6 +473,16 @@ def _auth_flags(cfg: Config, given: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _upstream_flags(cfg: Config, urls: list[str]) -> UpstreamOptions:
+    """--upstream URLs replace the file's upstream.urls; its other settings stay."""
+    from leaf.upstream_config import UpstreamOptions, parse_url
+
+    parsed = tuple(parse_url(url, "--upstream") for url in urls)
+    if cfg.upstream is None:
+        return UpstreamOptions(urls=parsed)
+    return replace(cfg.upstream, urls=parsed)
+
+
 def _tls_flags(cfg: Config, given: dict[str, Any]) -> dict[str, Any]:
     enabling = [k for k in ("tls", "tlscert", "tlskey") if k in given]
     extras = [k for k in ("tlsverify", "tlscacert") if k in given]
@@ -478,7 +502,7 @@ def _tls_flags(cfg: Config, given: dict[str, Any]) -> dict[str, Any]:
 
 def finalize(cfg: Config) -> Config:
     """Check what needs the file and the flags together; resolve what needs
-    files (TLS context) into the server options."""
+    files (TLS contexts, nkey seeds) into the server and upstream options."""
     if cfg.http_host and cfg.http_port is None:
         raise ConfigError("server.http_host: set, but monitoring is off "
                           "(set server.http_port or -m/--http_port)")
@@ -488,6 +512,8 @@ def finalize(cfg: Config) -> Config:
                           "also the client port")
     if cfg.trace:
         cfg = replace(cfg, server=replace(cfg.server, trace=True))
+    if cfg.upstream is not None:
+        cfg = replace(cfg, upstream=cfg.upstream.resolve(cfg.server.name))
     if cfg.tls is None:
         return cfg
     server = replace(cfg.server, tls=cfg.tls.context(), tls_verify=cfg.tls.verify)

@@ -1,6 +1,6 @@
 """The dependency rules of docs/design.md §2, checked by walking leaf/ with ``ast``.
 
-- The pure modules (subjects, proto/*, hub, errors, auth) do no I/O: they import none of
+- The pure modules (subjects, proto/*, hub, interest, errors, auth) do no I/O: they import none of
   asyncio, socket, threading, time, logging, ssl (anywhere in the module, not only at the top).
 - Nothing imports ``leaf.app`` but ``leaf/cli.py``.
 - ``leaf/proto`` and ``leaf/hub.py`` import none of leaf.server, leaf.app, leaf.config, leaf.cli.
@@ -16,9 +16,9 @@ import pytest
 
 LEAF = Path(__file__).resolve().parent.parent / "leaf"
 
-PURE = ["subjects.py", "proto/*.py", "hub.py", "errors.py", "auth.py"]
+PURE = ["subjects.py", "proto/*.py", "hub.py", "interest.py", "errors.py", "auth.py"]
 IO_MODULES = {"asyncio", "socket", "threading", "time", "logging", "ssl"}
-DRIVERS = {"leaf.server", "leaf.connection", "leaf.app", "leaf.config", "leaf.cli"}
+DRIVERS = {"leaf.server", "leaf.connection", "leaf.uplink", "leaf.app", "leaf.config", "leaf.cli"}
 MAX_LINES = 600
 
 
@@ -100,7 +100,7 @@ def test_the_walk_finds_the_modules_the_rules_name() -> None:
         assert name in mods
     assert {module_name(p) for p in pure_paths()} >= {
         "leaf.subjects", "leaf.hub", "leaf.errors", "leaf.auth", "leaf.proto.parser",
-        "leaf.proto.conn"}
+        "leaf.proto.conn", "leaf.proto.leafnode", "leaf.proto.leafconn", "leaf.interest"}
     # cli really does import app: the "only cli" rule below is not vacuous.
     assert "leaf.app" in imports_of(LEAF / "cli.py")
 
@@ -119,7 +119,8 @@ def test_only_cli_imports_app() -> None:
     assert offenders == set()
 
 
-@pytest.mark.parametrize("path", sorted(LEAF.glob("proto/*.py")) + [LEAF / "hub.py"],
+@pytest.mark.parametrize("path", sorted(LEAF.glob("proto/*.py")) + [LEAF / "hub.py",
+                                                                     LEAF / "interest.py"],
                          ids=lambda p: str(p.relative_to(LEAF)))
 def test_proto_and_hub_do_not_import_drivers(path: Path) -> None:
     assert hits(imports_of(path), DRIVERS) == set()

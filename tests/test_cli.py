@@ -9,11 +9,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
 
 from conftest import ROOT, start_leaf, start_nats_server
+from leaf import cli
 
 LISTENING = re.compile(r"Listening for client connections on 127\.0\.0\.1:(\d+)")
 
@@ -116,6 +118,7 @@ def test_version_flag() -> None:
     (["-p", "70000"], "--port"),
     (["-c", "/nonexistent/leaf.toml"], "/nonexistent/leaf.toml"),
     (["--pass", "x"], "--user"),
+    (["--upstream", "ftp://x"], "--upstream"),
 ])
 def test_bad_command_line_exits_2_and_says_why(args: list[str], needle: str) -> None:
     out = subprocess.run([sys.executable, "-m", "leaf", "run", "-p", "0", *args], cwd=ROOT,
@@ -123,3 +126,53 @@ def test_bad_command_line_exits_2_and_says_why(args: list[str], needle: str) -> 
     assert out.returncode == 2
     assert needle in out.stderr
     assert "Traceback" not in out.stderr
+
+
+UPSTREAM_SECRET = "hunter2-s3cret"
+
+
+@pytest.mark.parametrize("config,args,needles", [
+    (None, ["--upstream", "nats://hub", "--upstream", "ftp://x"], ["--upstream", "'ftp'"]),
+    (None, ["--upstream", f"nats://leaf:{UPSTREAM_SECRET}@hub:nope"], ["--upstream", "port"]),
+    (None, ["--upstream", f"nats://leaf:{UPSTREAM_SECRET}@"], ["--upstream", "no host"]),
+    ('[upstream]\nuser = "leaf"\npassword = "{s}"\n', [], ["upstream.urls", "--upstream"]),
+    ('[upstream]\nurls = ["nats://hub"]\npassword = 5\n', [], ["upstream.password",
+                                                               "value not shown"]),
+    ('[upstream]\ncredentials = "/nonexistent/u.creds"\n', ["--upstream", "nats://hub"],
+     ["upstream.credentials", "/nonexistent/u.creds"]),
+])
+def test_bad_upstream_settings_exit_2_without_echoing_secrets(
+        tmp_path: Path, config: str | None, args: list[str], needles: list[str]) -> None:
+    if config is not None:
+        path = tmp_path / "leaf.toml"
+        path.write_text(config.replace("{s}", UPSTREAM_SECRET))
+        args = ["-c", str(path), *args]
+    out = subprocess.run([sys.executable, "-m", "leaf", "run", "-p", "0", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2, out.stderr
+    assert "leaf: configuration error:" in out.stderr
+    for needle in needles:
+        assert needle in out.stderr, out.stderr
+    assert UPSTREAM_SECRET not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_upstream_flags_reach_the_running_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repeated --upstream URLs, resolved by finalize, are what the app is started with."""
+    import leaf.app
+
+    started: list[Any] = []
+
+    class RecordingApp:
+        def __init__(self, cfg: Any) -> None:
+            started.append(cfg)
+
+        async def run(self) -> None:
+            return None
+
+    monkeypatch.setattr(leaf.app, "App", RecordingApp)
+    monkeypatch.setattr(cli, "_setup_logging", lambda *args: None)
+    assert cli.main(["run", "-p", "0", "-n", "gw-1", "--upstream", "nats://a",
+                     "--upstream", "tls://b:1"]) == 0
+    upstream = started[0].upstream
+    assert [str(u) for u in upstream.urls] == ["nats://a:7422", "tls://b:1"]
+    assert upstream.name == "gw-1" and upstream.tls_context is not None
