@@ -167,6 +167,8 @@ class LeafLink(asyncio.Protocol):
         phase = session.receive_info(info, asyncio.get_running_loop().time())
         self.uplink.learn_urls(session.leafnode_urls, self.url)
         if phase == before:
+            if "export" in info:  # the hub changed our permissions: route again
+                self.hub.forget_routes()
             return
         if phase == AWAIT_CONNECT_INFO:
             wants_tls = session.tls_required or self.uplink.options.uses_tls
@@ -238,12 +240,16 @@ class LeafLink(asyncio.Protocol):
         if key in self.remote:
             return  # a queue group's new weight: one member behind the hub is enough
         sub = Subscription(subject, b"", self, queue, remote=True)
-        session = self.session
-        if session.filters_sends:
-            sub.denied = lambda s: not session.may_send(s)
+        sub.denied = self._may_not_send
         sub.max_size = self._max_size
         self.remote[key] = sub
         self.hub.add(sub)
+
+    def _may_not_send(self, subject: bytes) -> bool:
+        """Routing asks this once per subject: what the hub's export rules or
+        our deny_publish refuse never goes up (the hub would close the link)."""
+        session = self.session
+        return session.filters_sends and not session.may_send(subject)
 
     def _hub_unsubscribed(self, ev: LeafUnsub) -> None:
         sub = self.remote.pop((ev.subject, ev.queue), None)
