@@ -233,9 +233,9 @@ def _rtt(seconds: float) -> str:
     """Go's duration text, as nats-server prints an RTT."""
     if seconds <= 0:
         return ""
-    if seconds < 1e-3:
+    if round(seconds, 6) < 1e-3:
         return f"{seconds * 1e6:.3f}\u00b5s"
-    if seconds < 1:
+    if round(seconds, 3) < 1:
         return f"{seconds * 1e3:.3f}ms"
     return f"{seconds:.3f}s"
 

@@ -54,7 +54,9 @@ class LeafLink(asyncio.Protocol):
         self.url = url
         self.hub = uplink.server.hub
         loop = asyncio.get_running_loop()
-        self.session = LeafSession(uplink.settings, uplink.lds, loop.time())
+        # The session's clock is time.monotonic (uvloop's loop.time() has only
+        # millisecond resolution, too coarse for an RTT on a LAN).
+        self.session = LeafSession(uplink.settings, uplink.lds, time.monotonic())
         self.parser = LeafParser()
         # Receiver attributes (see hub.Receiver).
         self.out = bytearray()
@@ -153,7 +155,7 @@ class LeafLink(asyncio.Protocol):
             elif cls is Ping:
                 self._send(encode.PONG)
             elif cls is Pong:
-                self.session.receive_pong(asyncio.get_running_loop().time())
+                self.session.receive_pong(time.monotonic())
             elif cls is Info:
                 self._info(ev.options)
             elif cls is Err:
@@ -164,7 +166,7 @@ class LeafLink(asyncio.Protocol):
     def _info(self, info: dict[str, Any]) -> None:
         session = self.session
         before = session.phase
-        phase = session.receive_info(info, asyncio.get_running_loop().time())
+        phase = session.receive_info(info, time.monotonic())
         self.uplink.learn_urls(session.leafnode_urls, self.url)
         if phase == before:
             if "export" in info:  # the hub changed our permissions: route again
@@ -226,7 +228,7 @@ class LeafLink(asyncio.Protocol):
             line = self._interest_line(change)
             if line:
                 out.append(line)
-        out.append(session.ping(asyncio.get_running_loop().time()))  # measures the RTT
+        out.append(session.ping(time.monotonic()))  # its PONG measures the RTT
         self._send(b"".join(out))
         if not self.ready.done():
             self.ready.set_result(None)
@@ -331,14 +333,15 @@ class LeafLink(asyncio.Protocol):
             return
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_at(self.session.deadline(), self._on_timer)
+        delay = max(self.session.deadline() - time.monotonic(), 0.0)
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         if self.closed:
             return
         try:
-            data = self.session.on_timer(asyncio.get_running_loop().time())
+            data = self.session.on_timer(time.monotonic())
         except ProtocolError as exc:
             self.close(str(exc))
             return

@@ -86,7 +86,7 @@ class LeafSession:
         self._since = now
         self._last_ping = now
         self.pings_out = 0
-        self.rtt_start = 0.0
+        self.rtt_start: float | None = None  # when the PING being timed went out
         self.rtt = 0.0
 
     # -- INFO --------------------------------------------------------------
@@ -205,7 +205,7 @@ class LeafSession:
         return encode.PING
 
     def receive_pong(self, now: float) -> None:
-        if self.pings_out and self.rtt_start:
+        if self.pings_out and self.rtt_start is not None:
             self.rtt = now - self.rtt_start
-            self.rtt_start = 0.0
+            self.rtt_start = None
         self.pings_out = 0

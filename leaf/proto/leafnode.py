@@ -107,7 +107,7 @@ class LeafParser(ServerParser):
 
     def _ls_minus(self, line: bytes) -> LeafUnsub:
         args = split_sub_args(self._arg(line, 3))
-        if 1 <= len(args) <= 3:  # a weight after the queue is ignored, as the hub does
+        if 1 <= len(args) <= 2:  # never a weight: a hub does not send one
             return LeafUnsub(args[0], args[1] if len(args) > 1 else b"")
         raise _malformed("LS- arguments", line)
 
