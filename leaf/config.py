@@ -106,9 +106,28 @@ def _tls_files(label: str, path: str) -> bytes:
         raise ConfigError(f"{label} {path}: cannot read: {exc.strerror or exc}") from None
 
 
-def _encrypted_key() -> bytes:
-    raise ConfigError("tls.key_file (--tlskey): the private key is encrypted; "
-                      "give an unencrypted key")
+def load_certificate(ctx: ssl.SSLContext, cert_file: str, key_file: str, cert_label: str,
+                     key_label: str, section: str) -> None:
+    """Load a certificate and its key into ``ctx``; a ConfigError names the bad file."""
+    try:  # a certificate file holds certificates: load it alone to tell which file is bad
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cert_file)
+    except (OSError, ssl.SSLError, ValueError):
+        raise ConfigError(f"{cert_label} {cert_file}: no PEM certificate in it") from None
+    def encrypted() -> bytes:  # called instead of prompting for a passphrase
+        raise ConfigError(f"{key_label}: the private key is encrypted; give an unencrypted key")
+
+    try:
+        ctx.load_cert_chain(cert_file, key_file, password=encrypted)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(f"{key_label} {key_file}: does not match the certificate "
+                              f"in {cert_label} {cert_file}") from None
+        why = "no usable PEM private key in it" if exc.reason in (None, "PEM lib") \
+            else f"cannot load it ({exc.reason})"
+        raise ConfigError(f"{key_label} {key_file}: {why}") from None
+    except OSError as exc:
+        raise ConfigError(f"{section}: cannot load {cert_file} / {key_file}: "
+                          f"{exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)
@@ -141,22 +160,7 @@ class TLSConfig:
             _tls_files(ca_label, self.ca_file)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:  # a certificate file holds certificates: load it alone to tell which file is bad
-            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(self.cert_file)
-        except (OSError, ssl.SSLError, ValueError):
-            raise ConfigError(f"{cert_label} {self.cert_file}: no PEM certificate in it") from None
-        try:
-            ctx.load_cert_chain(self.cert_file, self.key_file, password=_encrypted_key)
-        except ssl.SSLError as exc:
-            if exc.reason == "KEY_VALUES_MISMATCH":
-                raise ConfigError(f"{key_label} {self.key_file}: does not match the certificate "
-                                  f"in {cert_label} {self.cert_file}") from None
-            why = "no usable PEM private key in it" if exc.reason in (None, "PEM lib") \
-                else f"cannot load it ({exc.reason})"
-            raise ConfigError(f"{key_label} {self.key_file}: {why}") from None
-        except OSError as exc:
-            raise ConfigError(f"tls: cannot load {self.cert_file} / {self.key_file}: "
-                              f"{exc.strerror or exc}") from None
+        load_certificate(ctx, self.cert_file, self.key_file, cert_label, key_label, "tls")
         if self.ca_file:
             try:
                 ctx.load_verify_locations(self.ca_file)

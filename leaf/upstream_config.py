@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from leaf.config import _got, _require, _table, _typed, parse_duration, parse_size
+from leaf.config import (
+    _got, _require, _table, _typed, load_certificate, parse_duration, parse_size,
+)
 from leaf.errors import ConfigError
 from leaf.subjects import is_valid_subscription_subject
 
@@ -148,11 +150,6 @@ def _read(label: str, path: str) -> bytes:
         raise ConfigError(f"{label} {path}: cannot read: {exc.strerror or exc}") from None
 
 
-def _encrypted_key() -> bytes:
-    raise ConfigError("upstream.tls.key_file: the private key is encrypted; "
-                      "give an unencrypted key")
-
-
 @dataclass(frozen=True)
 class UpstreamTLS:
     """TLS towards the hub. A ``tls`` table turns TLS on for every URL,
@@ -198,27 +195,9 @@ class UpstreamTLS:
         else:
             ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
         if self.cert_file:
-            self._load_client_certificate(ctx, labels["cert_file"], labels["key_file"])
+            load_certificate(ctx, self.cert_file, self.key_file, labels["cert_file"],
+                             labels["key_file"], "upstream.tls")
         return ctx
-
-    def _load_client_certificate(self, ctx: ssl.SSLContext, cert_label: str,
-                                 key_label: str) -> None:
-        try:  # alone, so a file without certificates is named as the certificate file
-            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(self.cert_file)
-        except (OSError, ssl.SSLError, ValueError):
-            raise ConfigError(f"{cert_label} {self.cert_file}: no PEM certificate in it") from None
-        try:
-            ctx.load_cert_chain(self.cert_file, self.key_file, password=_encrypted_key)
-        except ssl.SSLError as exc:
-            if exc.reason == "KEY_VALUES_MISMATCH":
-                raise ConfigError(f"{key_label} {self.key_file}: does not match the certificate "
-                                  f"in {cert_label} {self.cert_file}") from None
-            why = "no usable PEM private key in it" if exc.reason in (None, "PEM lib") \
-                else f"cannot load it ({exc.reason})"
-            raise ConfigError(f"{key_label} {self.key_file}: {why}") from None
-        except OSError as exc:
-            raise ConfigError(f"upstream.tls: cannot load {self.cert_file} / {self.key_file}: "
-                              f"{exc.strerror or exc}") from None
 
 
 # -- nkey / JWT signing --------------------------------------------------------------
