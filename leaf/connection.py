@@ -80,12 +80,7 @@ class ClientConnection(asyncio.Protocol):
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername") or ("", 0)
-        self.ip, self.port = peer[0], peer[1]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)  # type: ignore[attr-defined]
+        self.ip, self.port = set_up_socket(transport, WRITE_HIGH, WRITE_LOW)
         server = self.server
         info = server.client_info(self.cid, self.ip)
         loop = asyncio.get_running_loop()
@@ -437,18 +432,9 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._tls_pending:
             return
-        # Hand the buffers over instead of copying them: the transport may
-        # keep a reference to what it is given, so it is never touched again.
         self.out = bytearray()
-        if iov:
-            if out:
-                iov.append(out)
-            self.iov = []
-            self._queued_bytes += sum(len(b) for b in iov)
-            transport.writelines(iov)
-        else:
-            self._queued_bytes += len(out)
-            transport.write(out)
+        self.iov = []
+        self._queued_bytes += hand_over(transport, out, iov)
         if transport.get_write_buffer_size() > self.server.options.max_pending:
             self._slow_consumer("pending bytes over max_pending")
 
@@ -532,6 +518,29 @@ class ClientConnection(asyncio.Protocol):
         t = self.transport
         return len(self.out) + sum(len(b) for b in self.iov) + \
             (t.get_write_buffer_size() if t is not None else 0)
+
+
+def set_up_socket(transport: asyncio.BaseTransport, high: int, low: int) -> tuple[str, int]:
+    """No Nagle delay, our write-buffer marks; returns the peer's (ip, port)."""
+    peer = transport.get_extra_info("peername") or ("", 0)
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    transport.set_write_buffer_limits(high=high, low=low)  # type: ignore[attr-defined]
+    return peer[0], peer[1]
+
+
+def hand_over(transport: asyncio.Transport, out: bytearray, iov: list[bytes]) -> int:
+    """Write a receiver's queued output (``iov`` first, then ``out``) in one
+    call; returns the bytes handed over. The buffers are given away, not
+    copied: the transport may keep references, so the caller drops them."""
+    if iov:
+        if out:
+            iov.append(out)
+        transport.writelines(iov)
+        return sum(len(b) for b in iov)
+    transport.write(out)
+    return len(out)
 
 
 def _credentials(opts: dict[str, Any]) -> tuple[Any, ...]:

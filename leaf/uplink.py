@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
 import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
 from leaf import NATS_COMPAT_VERSION
+from leaf.connection import hand_over, set_up_socket
 from leaf.errors import ProtocolError
 from leaf.hub import Subscription
 from leaf.interest import Change, InterestLedger
@@ -86,13 +86,8 @@ class LeafLink(asyncio.Protocol):
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername") or ("", 0)
-        self.ip, self.port = peer[0], peer[1]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         high = self.uplink.options.max_pending
-        transport.set_write_buffer_limits(high=high, low=high // 4)  # type: ignore[attr-defined]
+        self.ip, self.port = set_up_socket(transport, high, high // 4)
         self.tls = transport.get_extra_info("sslcontext") is not None
         self._arm_timer()
 
@@ -296,17 +291,11 @@ class LeafLink(asyncio.Protocol):
         if self._tls_pending:
             return
         self.out = bytearray()
+        self.iov = []
         if self.dropping:
-            self.iov = []
             self._count_dropped()
             return
-        if iov:
-            if out:
-                iov.append(out)
-            self.iov = []
-            transport.writelines(iov)
-        else:
-            transport.write(out)
+        hand_over(transport, out, iov)
 
     def _delivered(self) -> int:
         return self._retired + sum(s.delivered for s in self.remote.values())
