@@ -27,13 +27,15 @@ class App:
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
-        await self.server.start()
         opts = self.cfg.server
+        # Monitoring first, as nats-server does: once clients can connect,
+        # the endpoints that describe them answer too.
         if self.cfg.http_port is not None:
             self.monitor = Monitor(self.server, self.uplink)
             await self.monitor.start(self.cfg.http_host or opts.host, self.cfg.http_port)
             log.info("Starting http monitor on %s:%d", self.cfg.http_host or opts.host,
                      self.monitor.port)
+        await self.server.start()
         log.info("Listening for client connections on %s:%d", opts.host, self.server.port)
         if opts.tls is not None:
             log.info("TLS required for client connections")

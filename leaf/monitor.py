@@ -191,7 +191,8 @@ class Monitor:
                 "connected_since": _iso(up.connected_since) if leafs else "",
                 "uptime": _uptime(now - up.connected_since) if leafs else "",
                 "connects": up.connects, "reconnects": max(up.connects - 1, 0),
-                "last_error": up.last_error, "in_msgs": in_msgs, "out_msgs": out_msgs,
+                "last_error": up.last_error, "last_dial_error": up.last_dial_error,
+                "in_msgs": in_msgs, "out_msgs": out_msgs,
                 "in_bytes": in_bytes, "out_bytes": out_bytes, "dropped_msgs": dropped,
                 "local_interest": len(up.ledger),
             }

@@ -385,7 +385,8 @@ class Uplink:
         self.urls: list[UpstreamURL] = list(options.urls)
         self._next = 0
         self.connects = 0
-        self.last_error = ""
+        self.last_error = ""  # why the link last went down (before any link: the last dial)
+        self.last_dial_error = ""  # why the last attempt to dial failed, until one succeeds
         self.connected_since = 0.0
         # Counters of links already closed: in_msgs, in_bytes, out_msgs, out_bytes, dropped.
         self.closed_totals = [0, 0, 0, 0, 0]
@@ -438,13 +439,17 @@ class Uplink:
             reason = await self._connect_once(url)
             if self._closing:
                 break
-            if reason.startswith("up:"):
+            if reason.startswith("up:"):  # an established link went down
                 attempt = 0
                 reason = reason[3:]
+                self.last_error, self.last_dial_error = reason, ""
+            else:
+                self.last_dial_error = reason
+                if self.connects == 0:
+                    self.last_error = reason
             delay = LONG_BACKOFF if any(e in reason for e in _LONG_BACKOFF_ERRORS) \
                 else self.backoff(attempt)
             attempt += 1
-            self.last_error = reason
             log.warning("uplink to %s: %s; reconnecting in %.2fs", url, reason, delay)
             await asyncio.sleep(delay)
 

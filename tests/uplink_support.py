@@ -98,7 +98,8 @@ async def hub_leafz(hub: Hub) -> dict[str, Any]:
 
 
 async def hub_sees_leaf_interest(hub: Hub) -> set[str]:
-    """The subjects (``subject`` or ``subject queue``) the hub holds for its leafs."""
+    """The subjects the hub holds for its leafs (nats-server lists a queue
+    interest by its subject alone)."""
     leafz = await hub_leafz(hub)
     out: set[str] = set()
     for leaf in leafz.get("leafs", []):
@@ -140,3 +141,70 @@ async def wait_leaf_sees(leaf: ServerProc, subject: str, present: bool = True,
             subs.update(link.get("subscriptions_list") or [])
         return (subject in subs) == present
     await wait_for(check, f"leaf to see hub interest {subject!r}", timeout)
+
+
+# -- appended for test_uplink_resilience.py / test_uplink_auth.py ---------------------
+
+# Short re-dial delays for tests that are not about the default backoff.
+FAST_RECONNECT = {"min": "50ms", "max": "200ms"}
+
+
+async def leaf_uplink(leaf: ServerProc) -> dict[str, Any]:
+    """The ``uplink`` object of leaf's /leafz."""
+    return (await leaf_leafz(leaf))["uplink"]
+
+
+async def wait_uplink(leaf: ServerProc, check: Callable[[dict[str, Any]], Any], what: str,
+                      timeout: float = 10.0) -> dict[str, Any]:
+    """Poll leaf's /leafz until ``check(uplink)`` is true; returns that uplink
+    object; on timeout the failure shows the last one seen."""
+    deadline = time.monotonic() + timeout
+    up: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        up = await leaf_uplink(leaf)
+        if check(up):
+            return up
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; uplink: {up!r}")
+
+
+class Frozen:
+    """``with Frozen(proc):`` SIGSTOPs a process and always SIGCONTs it on the
+    way out (``thaw()`` may be called earlier; a second call does nothing)."""
+
+    def __init__(self, srv: ServerProc) -> None:
+        self.srv = srv
+        self.frozen = False
+
+    def __enter__(self) -> "Frozen":
+        import os
+        import signal
+        os.kill(self.srv.proc.pid, signal.SIGSTOP)
+        self.frozen = True
+        return self
+
+    def thaw(self) -> None:
+        import os
+        import signal
+        if self.frozen:
+            self.frozen = False
+            if self.srv.proc.poll() is None:
+                os.kill(self.srv.proc.pid, signal.SIGCONT)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.thaw()
+
+
+def stop_all(*servers: ServerProc | Hub | None) -> None:
+    """Stop every given leaf / hub (None is skipped); for finally blocks."""
+    for s in servers:
+        if s is None:
+            continue
+        (s.srv if isinstance(s, Hub) else s).stop()
+
+
+def output_of(srv: ServerProc | Hub) -> str:
+    """Stop the process (if running) and return everything it printed."""
+    proc = srv.srv if isinstance(srv, Hub) else srv
+    proc.stop()
+    return proc.output()

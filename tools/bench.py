@@ -2,6 +2,7 @@
 
     python tools/bench.py            # full: 3 runs per workload per server
     python tools/bench.py --quick    # smoke run (small counts, 1 run), < 60 s
+    python tools/bench.py --uplink   # leaf-node uplink workloads: bench_uplink.py
     options: --scale F, --runs N, --only nats|leaf, --leaf-cmd "CMD {port}",
              --filter SUBSTR, --stall SECONDS, --no-pin, --json FILE
 
@@ -104,6 +105,7 @@ class RunningServer:
     port: int
     log_path: str
     startup_ms: float = 0.0
+    t_spawn: float = 0.0     # perf_counter just before the spawn
 
 
 def free_port() -> int:
@@ -163,13 +165,12 @@ def on_cpus(cpus: set[int] | None) -> Iterator[None]:
         os.sched_setaffinity(0, allowed)
 
 
-def start_server(spec: ServerSpec, cfg: Config,
-                 cpus: set[int] | None) -> RunningServer:
-    """Spawn the server on cpus; poll-connect until INFO arrives (= start-up)."""
-    port = free_port()
+def spawn_server(spec: ServerSpec, cpus: set[int] | None,
+                 port: int | None = None) -> RunningServer:
+    """Spawn the server on cpus (on `port`, else a free one); do not wait."""
+    t0, port = time.perf_counter(), port or free_port()
     argv = [a.replace("{port}", str(port)) for a in spec.argv]
     fd, log = tempfile.mkstemp(prefix=f"bench-{spec.name}-", suffix=".log")
-    t0 = time.perf_counter()
     try:
         with on_cpus(cpus):
             proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=fd,
@@ -179,22 +180,26 @@ def start_server(spec: ServerSpec, cfg: Config,
         raise BenchError(f"cannot start {argv}: {exc}") from exc
     finally:
         os.close(fd)
-    srv = RunningServer(proc, port, log)
+    return RunningServer(proc, port, log, t_spawn=t0)
+
+
+def wait_ready(srv: RunningServer, cfg: Config) -> RunningServer:
+    """Poll-connect until INFO arrives (start-up = spawn .. then)."""
     deadline = time.monotonic() + cfg.startup_timeout
-    while not (ok := got_info(port)):
+    while not (ok := got_info(srv.port)):
         problem = ""
         if ok is False:   # listening but no INFO: allow --stall s more at most
             deadline = min(deadline, time.monotonic() + cfg.stall)
-        if proc.poll() is not None:
-            problem = f"exited with code {proc.returncode} during start-up"
+        if srv.proc.poll() is not None:
+            problem = f"exited with code {srv.proc.returncode} during start-up"
         elif time.monotonic() > deadline:
             problem = "accepted TCP but sent no INFO" if ok is False else \
                 f"did not accept connections within {cfg.startup_timeout} s"
         if problem:
             stop_server(srv, keep_log=True)
-            raise BenchError(f"server {problem}; log tail:\n{log_tail(log)}")
+            raise BenchError(f"server {problem}; log tail:\n{log_tail(srv.log_path)}")
         time.sleep(0.001)
-    srv.startup_ms = (time.perf_counter() - t0) * 1000.0
+    srv.startup_ms = (time.perf_counter() - srv.t_spawn) * 1000.0
     return srv
 
 
@@ -589,8 +594,8 @@ def run_one(wl: Workload, spec: ServerSpec, cfg: Config, res: Results) -> None:
     failed = False
     try:
         with on_cpus(cfg.client_cpus):   # the start-up poll loop, too
-            srv = start_server(spec, cfg, cfg.client_cpus if wl.same_cpu
-                               else cfg.server_cpus)
+            srv = wait_ready(spawn_server(spec, cfg.client_cpus if wl.same_cpu
+                                          else cfg.server_cpus), cfg)
             metrics = wl.fn(srv, cfg)
         hwm = read_proc_mib(srv.proc.pid, "VmHWM")
         res.peak_rss[spec.name] = max(res.peak_rss.get(spec.name, 0.0), hwm)
@@ -642,8 +647,13 @@ def report(wls: list[Workload], specs: list[ServerSpec],
     return rows
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arg_parser(uplink_doc: str = "") -> argparse.ArgumentParser:
+    """bench.py's options; bench_uplink.py passes its docstring and shares them."""
+    ap = argparse.ArgumentParser(description=uplink_doc or __doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    if not uplink_doc:
+        ap.add_argument("--uplink", action="store_true", help="run the leaf-node uplink"
+                        " workloads instead (tools/bench_uplink.py; --uplink --help)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: small counts, 1 run per workload")
     ap.add_argument("--scale", type=float, default=1.0,
@@ -659,7 +669,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-pin", action="store_true", help="pin nothing (default:"
                     " client on the last CPU, server on the others)")
     ap.add_argument("--json", metavar="FILE", help="also write results as JSON")
-    return ap.parse_args(argv)
+    return ap
 
 
 def make_specs(args: argparse.Namespace, nats_path: str) -> list[ServerSpec]:
@@ -670,7 +680,11 @@ def make_specs(args: argparse.Namespace, nats_path: str) -> list[ServerSpec]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if "--uplink" in argv:
+        import bench_uplink   # tools/ is on sys.path when run as a script
+        return bench_uplink.main([a for a in argv if a != "--uplink"])
+    args = arg_parser().parse_args(argv)
     cpus = sorted(os.sched_getaffinity(0))
     pin = not args.no_pin and len(cpus) > 1
     cfg = Config(scale=args.scale, quick=args.quick, stall=args.stall,
