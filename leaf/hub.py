@@ -56,7 +56,7 @@ class Subscription:
     """One SUB: a subject (maybe wildcard), an optional queue group, its owner."""
 
     __slots__ = ("subject", "queue", "sid", "owner", "max_msgs", "delivered", "callback", "denied",
-                 "remote", "max_size")
+                 "remote", "max_size", "local_only")
 
     def __init__(
         self,
@@ -66,6 +66,7 @@ class Subscription:
         queue: bytes = b"",
         callback: Callback | None = None,
         remote: bool = False,
+        local_only: bool = False,
     ) -> None:
         self.subject = subject
         self.queue = queue
@@ -79,6 +80,9 @@ class Subscription:
         # Interest of the upstream hub (an LS+), delivered as LMSG/HMSG frames.
         self.remote = remote
         self.max_size = 0  # larger payloads are not delivered (0: no limit)
+        # Only for local publishes: not announced to the hub, and messages
+        # from the hub never reach it (the stream's ingest).
+        self.local_only = local_only
 
 
 # (subscription, owner, MSG prefix, HMSG prefix, needs per-message care)
@@ -120,13 +124,13 @@ class Hub:
     def add(self, sub: Subscription) -> None:
         self.index.add(sub)
         self._forget(sub.subject)
-        if self.on_interest is not None and not sub.remote:
+        if self.on_interest is not None and not sub.remote and not sub.local_only:
             self.on_interest(sub, True)
 
     def remove(self, sub: Subscription) -> None:
         if self.index.remove(sub):
             self._forget(sub.subject)
-            if self.on_interest is not None and not sub.remote:
+            if self.on_interest is not None and not sub.remote and not sub.local_only:
                 self.on_interest(sub, False)
 
     def remove_all(self, subs: Iterable[Subscription]) -> None:
@@ -172,7 +176,7 @@ class Hub:
                 continue
             entry = (sub, sub.owner, b"MSG " + subject + b" " + sub.sid,
                      b"HMSG " + subject + b" " + sub.sid,
-                     bool(sub.max_msgs) or sub.callback is not None)
+                     bool(sub.max_msgs) or sub.callback is not None or sub.local_only)
             if sub.queue:
                 groups.setdefault(sub.queue, []).append(entry)
             else:
@@ -227,7 +231,8 @@ class Hub:
         for sub, rcv, prefix, hprefix, _ in plain:
             if rcv is origin and origin is not None and not rcv.echo:
                 continue
-            if self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail, hdr_len):
+            if self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail, hdr_len,
+                             queues is not None):
                 n += 1
         hub_groups: list[Subscription] | None = None
         for group in groups:
@@ -240,7 +245,8 @@ class Hub:
                 sub, rcv, prefix, hprefix, _ = group[(first + i) % count]
                 if rcv is origin and origin is not None and not rcv.echo:
                     continue
-                if self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail, hdr_len):
+                if self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail, hdr_len,
+                                 queues is not None):
                     n += 1
                     break
             else:
@@ -327,7 +333,8 @@ class Hub:
                     if rcv is origin and origin is not None and not rcv.echo:
                         continue
                     if careful:
-                        if self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail, -1):
+                        if self._deliver(sub, rcv, prefix, hprefix, subject, reply, size, tail,
+                                         -1, queues is not None):
                             n += 1
                         continue
                     sub.delivered += 1
@@ -401,9 +408,12 @@ class Hub:
         size: int,
         tail: bytes,
         hdr_len: int,
+        from_hub: bool = False,
     ) -> bool:
         """Deliver to one subscriber the careful way: limits, callbacks, headers."""
         if sub.max_size and size > sub.max_size:
+            return False
+        if from_hub and sub.local_only:
             return False
         if sub.max_msgs:
             if sub.delivered >= sub.max_msgs:

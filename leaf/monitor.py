@@ -1,4 +1,5 @@
-"""HTTP monitoring: /varz, /connz, /subsz, /leafz, /healthz in nats-server's JSON shape.
+"""HTTP monitoring: /varz, /connz, /subsz, /leafz, /healthz in nats-server's JSON shape,
+and /streamz for the local stream.
 
 A tiny HTTP/1.0-style responder on asyncio streams: monitoring traffic is
 rare and small, so simplicity wins over speed here.
@@ -68,15 +69,18 @@ class _Cpu:
 class Monitor:
     """Serves the monitoring endpoints for one Server."""
 
-    def __init__(self, server: Server, uplink: Uplink | None = None) -> None:
+    def __init__(self, server: Server, uplink: Uplink | None = None,
+                 stream_status: Callable[[], dict[str, Any] | None] | None = None) -> None:
         self.server = server
         self.uplink = uplink
+        self.stream_status = stream_status
         self.port = 0
         self._listener: asyncio.AbstractServer | None = None
         self._cpu = _Cpu()
         self._routes: dict[str, Callable[[dict[str, list[str]]], dict[str, Any]]] = {
             "/varz": self.varz, "/connz": self.connz, "/subsz": self.subsz,
-            "/healthz": self.healthz, "/leafz": self.leafz, "/": self.index,
+            "/healthz": self.healthz, "/leafz": self.leafz, "/streamz": self.streamz,
+            "/": self.index,
         }
 
     async def start(self, host: str, port: int) -> None:
@@ -156,6 +160,13 @@ class Monitor:
             "slow_consumers": s.slow_consumers, "subscriptions": len(s.hub),
             "leafnodes": leafnodes, "lame_duck_mode": s.lame_duck,
         }
+
+    def streamz(self, _query: dict[str, list[str]]) -> dict[str, Any]:
+        """The local stream: backlog, age of the oldest unforwarded record,
+        forward rate, drops by reason, fsync latency, bytes per message."""
+        status = self.stream_status() if self.stream_status is not None else None
+        return {"server_id": self.server.server_id, "now": _iso(time.time()),
+                "stream": status}
 
     def leafz(self, query: dict[str, list[str]]) -> dict[str, Any]:
         """nats-server's /leafz for our one uplink, plus how the link has fared:

@@ -19,7 +19,8 @@ import logging
 import random
 import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable
 
 from leaf import NATS_COMPAT_VERSION
 from leaf.connection import hand_over, set_up_socket
@@ -68,6 +69,7 @@ class LeafLink(asyncio.Protocol):
         self.subs: dict[bytes, Subscription] = {}
         self.congested = False  # never holds local publishers back: overflow is dropped
         self.remote: dict[tuple[bytes, bytes], Subscription] = {}
+        self.interest_version = 0
         self.transport: asyncio.Transport | None = None
         self.tls = False
         self.closed = False
@@ -82,6 +84,8 @@ class LeafLink(asyncio.Protocol):
         self._drop_mark = 0
         self.dropped = 0
         self._max_size = 0  # the hub's max_payload when below ours
+        # One entry per PING in flight, in order: what to run at its PONG.
+        self._pong_waiters: deque[Callable[[], None] | None] = deque()
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -151,6 +155,9 @@ class LeafLink(asyncio.Protocol):
                 self._send(encode.PONG)
             elif cls is Pong:
                 self.session.receive_pong(time.monotonic())
+                waiter = self._pong_waiters.popleft() if self._pong_waiters else None
+                if waiter is not None:
+                    waiter()
             elif cls is Info:
                 self._info(ev.options)
             elif cls is Err:
@@ -224,6 +231,7 @@ class LeafLink(asyncio.Protocol):
             if line:
                 out.append(line)
         out.append(session.ping(time.monotonic()))  # its PONG measures the RTT
+        self._pong_waiters.append(None)
         self._send(b"".join(out))
         if not self.ready.done():
             self.ready.set_result(None)
@@ -240,11 +248,15 @@ class LeafLink(asyncio.Protocol):
         sub.denied = self._may_not_send
         sub.max_size = self._max_size
         self.remote[key] = sub
+        self.interest_version += 1
         self.hub.add(sub)
 
     def _may_not_send(self, subject: bytes) -> bool:
         """Routing asks this once per subject: what the hub's export rules or
         our deny_publish refuse never goes up (the hub would close the link)."""
+        held = self.uplink.held_back
+        if held is not None and held(subject):
+            return True
         session = self.session
         return session.filters_sends and not session.may_send(subject)
 
@@ -252,9 +264,30 @@ class LeafLink(asyncio.Protocol):
         sub = self.remote.pop((ev.subject, ev.queue), None)
         if sub is not None:
             self._retired += sub.delivered
+            self.interest_version += 1
             self.hub.remove(sub)
 
     # -- leaf -> hub ---------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        """Frames built elsewhere (the stream's forwarder), in order with the rest."""
+        self._send(data)
+
+    def barrier(self, done: Callable[[], None]) -> None:
+        """Run ``done`` once the hub has processed everything sent before now
+        (a PING; the hub answers in order)."""
+        self._pong_waiters.append(done)
+        self._send(encode.PING)
+
+    def hub_wants(self, subject: bytes) -> bool:
+        """Whether the hub has interest in ``subject`` (a message would not be
+        dropped); ``interest_version`` changes whenever the answer may."""
+        return any(s.owner is self for s in self.hub.index.match(subject))
+
+    def may_send(self, subject: bytes) -> bool:
+        """Whether the hub's rules let a message on ``subject`` through."""
+        session = self.session
+        return not session.filters_sends or session.may_send(subject)
+
     def announce(self, change: Change) -> None:
         """A change of local interest while the link is up."""
         line = self._interest_line(change)
@@ -335,6 +368,7 @@ class LeafLink(asyncio.Protocol):
             self.close(str(exc))
             return
         if data:
+            self._pong_waiters.append(None)
             self._send(data)
             self.flush()
         self._arm_timer()
@@ -393,7 +427,12 @@ class Uplink:
         self._closing = False
         self._tasks: set[asyncio.Task[Any]] = set()
         for sub in server.hub.index:  # subscriptions made before the uplink existed
-            self.ledger.add(sub.subject, sub.queue)
+            if not sub.remote and not sub.local_only:
+                self.ledger.add(sub.subject, sub.queue)
+        # Subjects that go upstream only through the stream (in stream order),
+        # never live; and who wants to hear when the link comes up or goes down.
+        self.held_back: Callable[[bytes], bool] | None = None
+        self.listeners: list[Callable[[LeafLink | None], None]] = []
         server.hub.on_interest = self._interest_changed
 
     # -- interest ----------------------------------------------------------
@@ -474,6 +513,8 @@ class Uplink:
             return str(exc)
         self.connects += 1
         self.connected_since = time.time()
+        for listener in list(self.listeners):
+            listener(link)
         session = link.session
         log.info("uplink: connected to hub %s at %s as leaf %r (account %s%s)",
                  session.hub_info.get("server_name", "?"), url, self.settings.name,
@@ -490,7 +531,11 @@ class Uplink:
         t[4] += link.dropped
         if self.link is link:
             self.link = None
+            was_up = self.connected_since != 0.0
             self.connected_since = 0.0
+            if was_up:
+                for listener in list(self.listeners):
+                    listener(None)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
