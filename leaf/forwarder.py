@@ -20,6 +20,7 @@ import json
 import logging
 import secrets
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from leaf.hub import Subscription
@@ -52,6 +53,7 @@ class Forwarder:
         self.link: LeafLink | None = None
         self.next_send = stream.forwarded + 1
         self.inflight: dict[int, float] = {}  # seq -> when sent (jetstream mode)
+        self._ahead: deque[StoredMessage] = deque()  # records read, from next_send on
         self._acked: set[int] = set()  # acked beyond the contiguous prefix
         self._batches = 0  # core mode: PING barriers in flight
         self._backoff = 0.0
@@ -112,19 +114,22 @@ class Forwarder:
         if not self.jetstream and self._batches >= 2:
             return
         sent = 0
+        ahead = self._ahead
         while room > 0:
-            batch = self.stream.read(self.next_send, min(room, READ_BATCH))
-            if not batch:
-                break
-            for m in batch:
-                verdict = self._send(link, m)
-                if verdict == "wait":
-                    room = 0
+            if not ahead or ahead[0].seq != self.next_send:
+                ahead.clear()
+                ahead.extend(self.stream.read(self.next_send, READ_BATCH))
+                if not ahead:
                     break
-                if verdict == "sent":
-                    room -= 1
-                    sent += 1
-                self.next_send = m.seq + 1
+            m = ahead[0]
+            verdict = self._send(link, m)
+            if verdict == "wait":
+                break
+            ahead.popleft()
+            if verdict == "sent":
+                room -= 1
+                sent += 1
+            self.next_send = m.seq + 1
         if not self.jetstream:
             last = self.next_send - 1
             if sent:

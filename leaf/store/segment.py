@@ -164,7 +164,8 @@ class Segment:
         offset = self._index_offsets[i] if i >= 0 else len(MAGIC)
         out: list[StoredMessage] = []
         while len(out) < max_msgs and offset < self.size:
-            data = os.pread(self.fd, min(READ_CHUNK, self.size - offset), offset)
+            want = min(READ_CHUNK, max(INDEX_STEP * 4, (max_msgs - len(out)) * 128))
+            data = os.pread(self.fd, min(want, self.size - offset), offset)
             pos = 0
             while len(out) < max_msgs:
                 found = frame_at(data, pos)
