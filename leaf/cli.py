@@ -1,7 +1,8 @@
-"""`leaf run|...`: the command line, and the only place that sets up logging.
+"""`leaf run|stream`: the command line, and the only place that sets up logging.
 
 `leaf run` accepts nats-server's common flags, so anything that launches
-nats-server can launch leaf.
+nats-server can launch leaf. `leaf stream ...` (stream_cli) reads the local
+stream's files.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import sys
 from typing import Sequence
 
-from leaf import __version__
+from leaf import __version__, stream_cli
 from leaf.errors import ConfigError, LeafError
 
 
@@ -39,6 +40,9 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--upstream", action="append", metavar="URL",
                    help="hub leafnodes URL to connect to as a leaf node, e.g. "
                         "nats-leaf://hub:7422 (repeatable; replaces upstream.urls)")
+    p.add_argument("-sd", "--store_dir", metavar="DIR",
+                   help="directory of the local stream (replaces stream.dir; needs a [stream] "
+                        "table in the config)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"leaf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
+    stream_cli.add_parser(sub)
     return parser
 
 
@@ -75,7 +80,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         http_port=args.http_port, token=args.token, user=args.user, password=args.password,
         tls=args.tls, tlscert=args.tlscert, tlskey=args.tlskey, tlsverify=args.tlsverify,
         tlscacert=args.tlscacert, debug=args.debug or args.debug_trace,
-        trace=args.trace or args.debug_trace, log_file=args.log_file, upstream=args.upstream)
+        trace=args.trace or args.debug_trace, log_file=args.log_file, upstream=args.upstream,
+        store_dir=args.store_dir)
     cfg = config.finalize(cfg)
     _setup_logging(cfg.debug, cfg.trace, cfg.log_file)
     runner = asyncio.run
@@ -103,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "stream":
+            return stream_cli.run(args)
     except ConfigError as exc:
         print(f"leaf: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -6,7 +6,8 @@ no secret (token, password) is ever echoed back.
 Command-line flags (nats-server's names) are applied on top of the file by
 ``with_flags``; ``finalize`` then checks what needs both (TLS, ports) and
 loads the TLS files. The [upstream] table (the leaf-node uplink) is parsed
-by upstream_config. cli.py prints a ConfigError and exits with status 2.
+by upstream_config, the [stream] table (the local stream) by stream_config.
+cli.py prints a ConfigError and exits with status 2.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from leaf.proto.conn import Keepalive
 from leaf.server import ServerOptions
 
 if TYPE_CHECKING:
+    from leaf.stream_config import StreamOptions
     from leaf.upstream_config import UpstreamOptions
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -185,6 +187,7 @@ class Config:
     debug: bool = False
     trace: bool = False
     upstream: UpstreamOptions | None = None
+    stream: StreamOptions | None = None
     source: str = field(default="", compare=False)
 
     def authenticator(self) -> Authenticator:
@@ -267,10 +270,12 @@ def load(path: str | Path) -> Config:
 
 
 def from_dict(raw: dict[str, Any], source: str = "") -> Config:
-    # upstream_config builds on this module's value parsers: imported here, not at the top.
+    # upstream_config and stream_config build on this module's value parsers:
+    # imported here, not at the top.
+    from leaf.stream_config import parse_stream
     from leaf.upstream_config import parse_upstream
 
-    _table(raw, "config", {"server", "authorization", "tls", "log", "upstream"})
+    _table(raw, "config", {"server", "authorization", "tls", "log", "upstream", "stream"})
     server = _server_section(raw.get("server", {}))
     auth = _table(raw.get("authorization", {}), "authorization",
                   {"token", "user", "password", "users", "timeout"})
@@ -315,7 +320,8 @@ def from_dict(raw: dict[str, Any], source: str = "") -> Config:
         users=tuple(users), tls=tls, log_file=log_file,
         debug=_typed("bool", log.get("debug", False), "log.debug"),
         trace=_typed("bool", log.get("trace", False), "log.trace"),
-        upstream=parse_upstream(raw["upstream"]) if "upstream" in raw else None, source=source)
+        upstream=parse_upstream(raw["upstream"]) if "upstream" in raw else None,
+        stream=parse_stream(raw["stream"]) if "stream" in raw else None, source=source)
     cfg.authenticator()  # reject impossible combinations now, not at first CONNECT
     return cfg
 
@@ -426,7 +432,7 @@ def with_flags(cfg: Config, **flags: Any) -> Config:
     given = {k: v for k, v in flags.items() if v is not None and v is not False}
     for key, flag in (("host", "--addr"), ("user", "--user"), ("token", "--auth"),
                       ("log_file", "--log"), ("tlscert", "--tlscert"), ("tlskey", "--tlskey"),
-                      ("tlscacert", "--tlscacert")):
+                      ("tlscacert", "--tlscacert"), ("store_dir", "--store_dir")):
         if given.get(key) == "":
             raise ConfigError(f"{flag}: is empty")
     if "port" in given:
@@ -451,6 +457,8 @@ def with_flags(cfg: Config, **flags: Any) -> Config:
         changes["log_file"] = given["log_file"]
     if given.get("upstream"):
         changes["upstream"] = _upstream_flags(cfg, given["upstream"])
+    if "store_dir" in given:
+        changes["stream"] = _store_dir_flag(cfg, given["store_dir"])
     out = replace(cfg, **changes)
     out.authenticator()
     return out
@@ -487,6 +495,18 @@ def _upstream_flags(cfg: Config, urls: list[str]) -> UpstreamOptions:
     return replace(cfg.upstream, urls=parsed)
 
 
+def _store_dir_flag(cfg: Config, directory: str) -> StreamOptions:
+    """-sd/--store_dir replaces stream.dir; without a [stream] table it would do nothing."""
+    from leaf.stream_config import check_dir
+
+    if cfg.stream is None:
+        source = (f"the config file {cfg.source}" if cfg.source
+                  else "the config (no -c/--config given)")
+        raise ConfigError(f"--store_dir: no [stream] table in {source}; the store directory "
+                          "only holds a stream (add a [stream] table with its subjects)")
+    return replace(cfg.stream, dir=check_dir(directory, "--store_dir"))
+
+
 def _tls_flags(cfg: Config, given: dict[str, Any]) -> dict[str, Any]:
     enabling = [k for k in ("tls", "tlscert", "tlskey") if k in given]
     extras = [k for k in ("tlsverify", "tlscacert") if k in given]
@@ -518,6 +538,8 @@ def finalize(cfg: Config) -> Config:
         cfg = replace(cfg, server=replace(cfg.server, trace=True))
     if cfg.upstream is not None:
         cfg = replace(cfg, upstream=cfg.upstream.resolve(cfg.server.name))
+    if cfg.stream is not None:
+        cfg.stream.check(cfg.upstream.name if cfg.upstream is not None else "")
     if cfg.tls is None:
         return cfg
     server = replace(cfg.server, tls=cfg.tls.context(), tls_verify=cfg.tls.verify)

@@ -87,10 +87,11 @@ class Subscription:
 
 # (subscription, owner, MSG prefix, HMSG prefix, needs per-message care)
 _Entry = tuple[Subscription, Receiver, bytes, bytes, bool]
-# (plain entries, queue groups, uplink): a group's remote member, if any, is
-# its last entry; ``uplink`` is set only when a hub queue group matches, and
+# (plain entries, queue groups, uplink): a group is (local members, the hub's
+# member or None); ``uplink`` is set only when a hub queue group matches, and
 # then holds the hub's plain interest (or None) instead of ``plain``.
-_Route = tuple[tuple[_Entry, ...], tuple[tuple[_Entry, ...], ...], "tuple[_Entry | None] | None"]
+_Group = tuple[tuple[_Entry, ...], "_Entry | None"]
+_Route = tuple[tuple[_Entry, ...], tuple[_Group, ...], "tuple[_Entry | None] | None"]
 _NO_ROUTE: _Route = ((), (), None)
 # (subscription, added): a local subscription came or went (see Hub.on_interest).
 InterestHook = Callable[[Subscription, bool], None]
@@ -117,6 +118,8 @@ class Hub:
         # Told of every local subscription added or removed: the uplink
         # announces local interest to the hub from it.
         self.on_interest: InterestHook | None = None
+        # Told of a message too large for a subscription's max_size (the uplink counts them).
+        self.on_oversize: Callable[[Receiver, int], None] | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -183,13 +186,13 @@ class Hub:
                 plain.append(entry)
         uplink: tuple[_Entry | None] | None = None
         if remote_groups:
-            for queue, entry in remote_groups.items():
-                groups.setdefault(queue, []).append(entry)  # last: the fallback member
             uplink = (remote_plain,)
         elif remote_plain is not None:
             plain.append(remote_plain)
-        route = (tuple(plain), tuple(tuple(g) for g in groups.values()), uplink)
-        if not plain and not groups:
+        route = (tuple(plain), tuple((tuple(members), remote_groups.pop(queue, None))
+                                     for queue, members in groups.items())
+                 + tuple(((), e) for e in remote_groups.values()), uplink)
+        if not route[0] and not route[1]:
             route = _NO_ROUTE
         if len(subject) <= CACHED_SUBJECT_MAX:  # bounds the cache in bytes too
             if len(self._routes) >= ROUTE_CACHE_SIZE:
@@ -235,12 +238,11 @@ class Hub:
                              queues is not None):
                 n += 1
         hub_groups: list[Subscription] | None = None
-        for group in groups:
-            fallback = group[-1] if group[-1][0].remote else None
-            if queues is not None and group[0][0].queue not in queues:
+        for group, fallback in groups:
+            if queues is not None and (group[0] if group else fallback)[0].queue not in queues:
                 continue
-            count = len(group) - (fallback is not None)
-            first = int(random() * count) if count > 1 else 0
+            count = len(group)
+            first = int(random() * count)
             for i in range(count):
                 sub, rcv, prefix, hprefix, _ = group[(first + i) % count]
                 if rcv is origin and origin is not None and not rcv.echo:
@@ -249,7 +251,7 @@ class Hub:
                                  queues is not None):
                     n += 1
                     break
-            else:
+            else:  # no local member took it: the hub's group, if any, is the fallback
                 if fallback is not None and fallback[1] is not origin:
                     if hub_groups is None:
                         hub_groups = []
@@ -277,6 +279,8 @@ class Hub:
         rcv = sub.owner
         assert rcv is not None
         if sub.max_size and size > sub.max_size:
+            if self.on_oversize is not None:
+                self.on_oversize(rcv, size)
             return False
         names = b" ".join(s.queue for s in hub_groups)
         op = b"HMSG " if hdr_len >= 0 else b"LMSG "
@@ -412,6 +416,8 @@ class Hub:
     ) -> bool:
         """Deliver to one subscriber the careful way: limits, callbacks, headers."""
         if sub.max_size and size > sub.max_size:
+            if self.on_oversize is not None:
+                self.on_oversize(rcv, size)
             return False
         if from_hub and sub.local_only:
             return False

@@ -178,7 +178,7 @@ class Monitor:
         if up is not None and up.link is not None and up.link.ready_up:
             link = up.link
             session = link.session
-            in_msgs, in_bytes, out_msgs, out_bytes, dropped = up.totals()
+            in_msgs, in_bytes, out_msgs, out_bytes, _ = link.counters()  # this connection
             leaf: dict[str, Any] = {
                 "id": session.hub_info.get("client_id", 0),
                 "name": session.hub_info.get("server_name", ""),
@@ -205,6 +205,7 @@ class Monitor:
                 "last_error": up.last_error, "last_dial_error": up.last_dial_error,
                 "in_msgs": in_msgs, "out_msgs": out_msgs,
                 "in_bytes": in_bytes, "out_bytes": out_bytes, "dropped_msgs": dropped,
+                "too_large_msgs": up.link.too_large if up.link is not None else 0,
                 "local_interest": len(up.ledger),
             }
         return out

@@ -2,14 +2,10 @@
 
 ``Uplink`` keeps the link up: it dials the hub's leafnode port, re-dials
 with capped exponential backoff and full jitter (a fleet of gateways does
-not stampede a hub that comes back), rotates over the configured URLs and
-those the hub advertises, and owns the ledger of local interest, which it
-announces on every new connection. ``LeafLink`` is one connection: the
-asyncio protocol between the socket and the hub, thin by intent — what to
-send is decided by ``proto.leafconn.LeafSession``, where messages go by
-``hub``. Messages from the hub are delivered locally; local messages reach
-the link through the remote subscriptions it adds to the hub for each
-``LS+`` it receives, so the hub's routing decides what goes upstream.
+not stampede a hub that comes back), goes back first to the URL that last
+worked, then rotates over the configured URLs and those the hub advertises,
+and owns the ledger of local interest, which it announces on every new
+connection (``leaflink.LeafLink`` is one connection).
 """
 
 from __future__ import annotations
@@ -19,20 +15,13 @@ import logging
 import random
 import ssl
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from leaf import NATS_COMPAT_VERSION
-from leaf.connection import hand_over, set_up_socket
-from leaf.errors import ProtocolError
 from leaf.hub import Subscription
-from leaf.interest import Change, InterestLedger
-from leaf.proto import encode
-from leaf.proto.events import (
-    Err, HPub, Info, LeafMsg, LeafSub, LeafUnsub, Ok, Ping, Pong, PubBatch, Pubs,
-)
-from leaf.proto.leafconn import AWAIT_CONNECT_INFO, LOOP_DETECTED, UP, LeafSession, LeafSettings
-from leaf.proto.leafnode import LeafParser, ls_minus, ls_plus
+from leaf.interest import InterestLedger
+from leaf.leaflink import LeafLink
+from leaf.proto.leafconn import LOOP_DETECTED, LeafSettings
 from leaf.upstream_config import UpstreamOptions, UpstreamURL
 
 if TYPE_CHECKING:
@@ -43,361 +32,12 @@ log = logging.getLogger("leaf.uplink")
 # After the hub refuses us for a reason a quick retry cannot fix.
 LONG_BACKOFF = 30.0
 _LONG_BACKOFF_ERRORS = (LOOP_DETECTED, "Duplicate Remote LeafNode", "same cluster name")
+VERSION_BACKOFF = 5.0  # the hub wants a newer version (as nats-server waits)
+# A link must stay up this long before the backoff starts again from the
+# bottom: a hub that accepts and then drops us must not cause a storm.
+STABLE_LINK = 10.0
+CONNECT_TIMEOUT = 5.0  # TCP connect (and handshake-first TLS)
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-
-
-class LeafLink(asyncio.Protocol):
-    """One connection to the hub. Also the hub's Receiver for the remote
-    subscriptions that stand for the hub's interest."""
-
-    def __init__(self, uplink: Uplink, url: UpstreamURL) -> None:
-        self.uplink = uplink
-        self.url = url
-        self.hub = uplink.server.hub
-        loop = asyncio.get_running_loop()
-        # The session's clock is time.monotonic (uvloop's loop.time() has only
-        # millisecond resolution, too coarse for an RTT on a LAN).
-        self.session = LeafSession(uplink.settings, uplink.lds, time.monotonic())
-        self.parser = LeafParser()
-        # Receiver attributes (see hub.Receiver).
-        self.out = bytearray()
-        self.iov: list[bytes] = []
-        self.queued = False
-        self.echo = False  # the hub never gets its own messages back
-        self.headers = True
-        self.out_bytes = 0
-        self.subs: dict[bytes, Subscription] = {}
-        self.congested = False  # never holds local publishers back: overflow is dropped
-        self.remote: dict[tuple[bytes, bytes], Subscription] = {}
-        self.interest_version = 0
-        self.transport: asyncio.Transport | None = None
-        self.tls = False
-        self.closed = False
-        self.ready: asyncio.Future[None] = loop.create_future()
-        self.done: asyncio.Future[str] = loop.create_future()
-        self.connected_at = 0.0
-        self.ip, self.port = "", 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._tls_pending = False
-        self._retired = 0  # deliveries of remote subscriptions already gone
-        self.dropping = False
-        self._drop_mark = 0
-        self.dropped = 0
-        self._max_size = 0  # the hub's max_payload when below ours
-        # One entry per PING in flight, in order: what to run at its PONG.
-        self._pong_waiters: deque[Callable[[], None] | None] = deque()
-
-    # -- asyncio callbacks -------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        high = self.uplink.options.max_pending
-        self.ip, self.port = set_up_socket(transport, high, high // 4)
-        self.tls = transport.get_extra_info("sslcontext") is not None
-        self._arm_timer()
-
-    def data_received(self, data: bytes) -> None:
-        if self.closed:
-            return
-        try:
-            self._process(self.parser.feed(data))
-        except ProtocolError as exc:
-            try:
-                self._process(exc.events)
-            except ProtocolError:
-                pass
-            self.close(f"protocol error: {exc}")
-        except Exception:
-            log.exception("uplink: internal error, closing the link")
-            self.close("internal error")
-        finally:
-            self.uplink.server.flush()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.close("hub closed the connection" if exc is None else f"read error: {exc}")
-
-    def pause_writing(self) -> None:
-        # The hub reads slower than we send: local traffic must not wait for
-        # it, so messages for the hub are dropped (and counted) until the
-        # buffer drains; control lines still go out.
-        self.dropping = True
-        self._drop_mark = self._delivered()
-        log.warning("uplink: outbound buffer to the hub is full (%d bytes); dropping "
-                    "messages for the hub until it drains", self.uplink.options.max_pending)
-
-    def resume_writing(self) -> None:
-        if not self.dropping:
-            return
-        self._count_dropped()
-        self.dropping = False
-        log.warning("uplink: outbound buffer drained; %d messages for the hub were dropped "
-                    "so far", self.dropped)
-
-    # -- hub -> leaf ---------------------------------------------------------
-    def _process(self, events: list[Any]) -> None:
-        hub = self.hub
-        for ev in events:
-            if self.closed:
-                return
-            cls = ev.__class__
-            if cls is Pubs:
-                hub.publish_many(ev.msgs, self, None, ())
-            elif cls is PubBatch:
-                hub.publish_batch(ev.subject, ev.reply, ev.size, ev.tails, self, None, ())
-            elif cls is HPub:
-                hub.publish(ev.subject, ev.reply, ev.size, ev.tail, ev.hdr_len, self, ())
-            elif cls is LeafMsg:
-                hub.publish(ev.subject, ev.reply, ev.size, ev.tail, ev.hdr_len, self, ev.queues)
-            elif cls is LeafSub:
-                self._hub_subscribed(ev)
-            elif cls is LeafUnsub:
-                self._hub_unsubscribed(ev)
-            elif cls is Ping:
-                self._send(encode.PONG)
-            elif cls is Pong:
-                self.session.receive_pong(time.monotonic())
-                waiter = self._pong_waiters.popleft() if self._pong_waiters else None
-                if waiter is not None:
-                    waiter()
-            elif cls is Info:
-                self._info(ev.options)
-            elif cls is Err:
-                self.close(f"hub sent -ERR '{ev.text}'")
-            elif cls is not Ok:
-                raise ProtocolError(f"unexpected {cls.__name__} from the hub", err=None)
-
-    def _info(self, info: dict[str, Any]) -> None:
-        session = self.session
-        before = session.phase
-        phase = session.receive_info(info, time.monotonic())
-        self.uplink.learn_urls(session.leafnode_urls, self.url)
-        if phase == before:
-            if "export" in info:  # the hub changed our permissions: route again
-                self.hub.forget_routes()
-            return
-        if phase == AWAIT_CONNECT_INFO:
-            wants_tls = session.tls_required or self.uplink.options.uses_tls
-            if wants_tls and not self.tls:
-                if not session.tls_required:
-                    raise ProtocolError("TLS is configured but the hub does not offer it on its "
-                                        "leafnode port", err=None)
-                self._start_tls()
-                return
-            self._hello()
-        elif phase == UP:
-            self._up()
-        self._arm_timer()
-
-    def _hello(self) -> None:
-        nonce = str(self.session.hub_info.get("nonce", ""))
-        creds = self.uplink.options.connect_credentials(self.url, nonce)
-        self._send(self.session.hello(creds))
-
-    def _start_tls(self) -> None:
-        transport = self.transport
-        assert transport is not None
-        self._tls_pending = True
-        transport.pause_reading()
-        self.uplink.spawn(self._tls_then_hello(transport))
-
-    async def _tls_then_hello(self, transport: asyncio.Transport) -> None:
-        options = self.uplink.options
-        ctx = options.tls_context or ssl.create_default_context()
-        loop = asyncio.get_running_loop()
-        try:
-            tls = await loop.start_tls(transport, self, ctx, server_hostname=self.url.host,
-                                       ssl_handshake_timeout=options.first_info_timeout)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
-            self.close(f"TLS handshake failed: {exc}")
-            return
-        if tls is None or self.closed:
-            return
-        self.transport = tls  # type: ignore[assignment]
-        self.tls = True
-        tls.set_write_buffer_limits(high=options.max_pending, low=options.max_pending // 4)
-        self._tls_pending = False
-        self._hello()
-        self.flush()
-        self._arm_timer()
-
-    def _up(self) -> None:
-        """The hub accepted us: announce ourselves and every local interest."""
-        session = self.session
-        self.connected_at = time.time()
-        local_max = self.uplink.server.options.max_payload
-        self._max_size = session.max_payload if session.max_payload < local_max else 0
-        out = [session.announce_self()]
-        for change in self.uplink.ledger:
-            line = self._interest_line(change)
-            if line:
-                out.append(line)
-        out.append(session.ping(time.monotonic()))  # its PONG measures the RTT
-        self._pong_waiters.append(None)
-        self._send(b"".join(out))
-        if not self.ready.done():
-            self.ready.set_result(None)
-
-    def _hub_subscribed(self, ev: LeafSub) -> None:
-        subject, queue = ev.subject, ev.queue
-        self.session.check_hub_interest(subject)
-        if subject.startswith(b"$LDS."):
-            return  # the hub's own loop detection: nothing local ever goes there
-        key = (subject, queue)
-        if key in self.remote:
-            return  # a queue group's new weight: one member behind the hub is enough
-        sub = Subscription(subject, b"", self, queue, remote=True)
-        sub.denied = self._may_not_send
-        sub.max_size = self._max_size
-        self.remote[key] = sub
-        self.interest_version += 1
-        self.hub.add(sub)
-
-    def _may_not_send(self, subject: bytes) -> bool:
-        """Routing asks this once per subject: what the hub's export rules or
-        our deny_publish refuse never goes up (the hub would close the link)."""
-        held = self.uplink.held_back
-        if held is not None and held(subject):
-            return True
-        session = self.session
-        return session.filters_sends and not session.may_send(subject)
-
-    def _hub_unsubscribed(self, ev: LeafUnsub) -> None:
-        sub = self.remote.pop((ev.subject, ev.queue), None)
-        if sub is not None:
-            self._retired += sub.delivered
-            self.interest_version += 1
-            self.hub.remove(sub)
-
-    # -- leaf -> hub ---------------------------------------------------------
-    def send(self, data: bytes) -> None:
-        """Frames built elsewhere (the stream's forwarder), in order with the rest."""
-        self._send(data)
-
-    def barrier(self, done: Callable[[], None]) -> None:
-        """Run ``done`` once the hub has processed everything sent before now
-        (a PING; the hub answers in order)."""
-        self._pong_waiters.append(done)
-        self._send(encode.PING)
-
-    def hub_wants(self, subject: bytes) -> bool:
-        """Whether the hub has interest in ``subject`` (a message would not be
-        dropped); ``interest_version`` changes whenever the answer may."""
-        return any(s.owner is self for s in self.hub.index.match(subject))
-
-    def may_send(self, subject: bytes) -> bool:
-        """Whether the hub's rules let a message on ``subject`` through."""
-        session = self.session
-        return not session.filters_sends or session.may_send(subject)
-
-    def announce(self, change: Change) -> None:
-        """A change of local interest while the link is up."""
-        line = self._interest_line(change)
-        if line:
-            self._send(line)
-
-    def _interest_line(self, change: Change) -> bytes:
-        subject, queue, weight = change
-        if not self.session.may_announce(subject):
-            return b""
-        return ls_plus(subject, queue, weight) if weight > 0 else ls_minus(subject, queue)
-
-    def _send(self, data: bytes) -> None:
-        """Control output: goes out even while messages are being dropped."""
-        if self.closed:
-            return
-        if self.dropping and self.transport is not None and not self._tls_pending:
-            self.transport.write(data)
-            return
-        self.out += data
-        if not self.queued:
-            self.hub.queue(self)
-
-    def flush(self) -> None:
-        self.queued = False
-        out, iov = self.out, self.iov
-        if not out and not iov:
-            return
-        transport = self.transport
-        if self.closed or transport is None:
-            out.clear()
-            iov.clear()
-            return
-        if self._tls_pending:
-            return
-        self.out = bytearray()
-        self.iov = []
-        if self.dropping:
-            self._count_dropped()
-            return
-        hand_over(transport, out, iov)
-
-    def _delivered(self) -> int:
-        return self._retired + sum(s.delivered for s in self.remote.values())
-
-    def _count_dropped(self) -> None:
-        now = self._delivered()
-        self.dropped += now - self._drop_mark
-        self._drop_mark = now
-
-    @property
-    def out_msgs(self) -> int:
-        """Messages written to the hub (handed over minus dropped)."""
-        delivered = self._delivered()
-        pending_drop = delivered - self._drop_mark if self.dropping else 0
-        return delivered - self.dropped - pending_drop
-
-    @property
-    def ready_up(self) -> bool:
-        return self.session.phase == UP and not self.closed
-
-    # -- lifecycle -----------------------------------------------------------
-    def _arm_timer(self) -> None:
-        if self.closed:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        delay = max(self.session.deadline() - time.monotonic(), 0.0)
-        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        if self.closed:
-            return
-        try:
-            data = self.session.on_timer(time.monotonic())
-        except ProtocolError as exc:
-            self.close(str(exc))
-            return
-        if data:
-            self._pong_waiters.append(None)
-            self._send(data)
-            self.flush()
-        self._arm_timer()
-
-    def close(self, reason: str) -> None:
-        if self.closed:
-            return
-        if self.dropping:
-            self._count_dropped()
-        self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-        for sub in self.remote.values():
-            self._retired += sub.delivered
-            self.hub.remove(sub)
-        self.remote.clear()
-        self.out.clear()
-        self.iov.clear()
-        if self.transport is not None:
-            self.transport.close()
-        if not self.done.done():
-            self.done.set_result(reason)
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(reason))
-            self.ready.exception()  # retrieved here: the dialer may be gone
-        self.uplink.link_closed(self)
-
-    def retired(self, sub: Subscription) -> None:
-        self._retired += sub.delivered
 
 
 class Uplink:
@@ -417,7 +57,11 @@ class Uplink:
             connect_timeout=options.first_info_timeout)
         self.link: LeafLink | None = None
         self.urls: list[UpstreamURL] = list(options.urls)
+        self._configured = len(self.urls)  # learnt URLs come after these
+        # Learnt URLs keep the configured host's name for TLS verification.
+        self.tls_names: dict[tuple[str, int], str] = {}
         self._next = 0
+        self._worked: UpstreamURL | None = None  # the URL of the link that last went down
         self.connects = 0
         self.last_error = ""  # why the link last went down (before any link: the last dial)
         self.last_dial_error = ""  # why the last attempt to dial failed, until one succeeds
@@ -434,6 +78,7 @@ class Uplink:
         self.held_back: Callable[[bytes], bool] | None = None
         self.listeners: list[Callable[[LeafLink | None], None]] = []
         server.hub.on_interest = self._interest_changed
+        server.hub.on_oversize = LeafLink.oversize  # type: ignore[assignment]
 
     # -- interest ----------------------------------------------------------
     def _interest_changed(self, sub: Subscription, added: bool) -> None:
@@ -448,6 +93,7 @@ class Uplink:
         """Add the hub cluster's other leafnode URLs (INFO leafnode_urls) to the
         rotation, with the scheme and credentials of the URL that found them."""
         known = {(u.host, u.port) for u in self.urls}
+        tls_name = self.tls_names.get((via.host, via.port), via.host)
         for text in hub_urls:
             host, _, port = text.rpartition(":")
             if not host or not port.isdigit():
@@ -457,12 +103,22 @@ class Uplink:
                 continue
             self.urls.append(UpstreamURL(via.scheme, host, int(port), via.user, via.password,
                                          via.token))
+            self.tls_names[(host, int(port))] = tls_name
             known.add((host, int(port)))
 
     def _pick_url(self) -> UpstreamURL:
+        """The URL whose link just went down first (a hub restart is the
+        common case), then the configured URLs in turn, then the learnt ones."""
+        if self._worked is not None:
+            url, self._worked = self._worked, None
+            return url
         url = self.urls[self._next % len(self.urls)]
         self._next += 1
         return url
+
+    def tls_name(self, url: UpstreamURL) -> str:
+        """The name to verify the hub's certificate against."""
+        return self.tls_names.get((url.host, url.port), url.host)
 
     def backoff(self, attempt: int) -> float:
         """Full jitter: uniform between 0 and min(max, min * 2**attempt)."""
@@ -475,22 +131,35 @@ class Uplink:
         attempt = 0
         while not self._closing:
             url = self._pick_url()
-            reason = await self._connect_once(url)
+            started = time.monotonic()
+            try:
+                reason = await self._connect_once(url)
+            except Exception as exc:  # a bug or an odd host name must not end the uplink
+                log.exception("uplink to %s: unexpected error", url)
+                reason = f"unexpected error: {exc!r}"
             if self._closing:
                 break
             if reason.startswith("up:"):  # an established link went down
-                attempt = 0
                 reason = reason[3:]
                 self.last_error, self.last_dial_error = reason, ""
+                self._worked = url
+                if time.monotonic() - started >= STABLE_LINK:
+                    attempt = 0
             else:
                 self.last_dial_error = reason
                 if self.connects == 0:
                     self.last_error = reason
-            delay = LONG_BACKOFF if any(e in reason for e in _LONG_BACKOFF_ERRORS) \
-                else self.backoff(attempt)
+            delay = self._delay(reason, attempt)
             attempt += 1
             log.warning("uplink to %s: %s; reconnecting in %.2fs", url, reason, delay)
             await asyncio.sleep(delay)
+
+    def _delay(self, reason: str, attempt: int) -> float:
+        if any(e in reason for e in _LONG_BACKOFF_ERRORS):
+            return LONG_BACKOFF
+        if "minimum version" in reason:
+            return max(VERSION_BACKOFF, self.backoff(attempt))
+        return self.backoff(attempt)
 
     async def _connect_once(self, url: UpstreamURL) -> str:
         """One connection's life; returns why it ended (prefixed ``up:`` when it
@@ -503,8 +172,8 @@ class Uplink:
             await asyncio.wait_for(loop.create_connection(
                 lambda: link, url.host, url.port,
                 ssl=(o.tls_context or ssl.create_default_context()) if first_tls else None,
-                server_hostname=url.host if first_tls else None), o.first_info_timeout * 2)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+                server_hostname=self.tls_name(url) if first_tls else None), CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError, UnicodeError) as exc:
             return _why(exc)
         self.link = link
         try:
@@ -523,12 +192,8 @@ class Uplink:
         return "up:" + reason
 
     def link_closed(self, link: LeafLink) -> None:
-        t = self.closed_totals
-        t[0] += link.parser.msgs_in
-        t[1] += link.parser.payload_bytes_in
-        t[2] += link.out_msgs
-        t[3] += link.out_bytes
-        t[4] += link.dropped
+        for i, n in enumerate(link.counters()):
+            self.closed_totals[i] += n
         if self.link is link:
             self.link = None
             was_up = self.connected_since != 0.0
@@ -547,11 +212,8 @@ class Uplink:
         t = list(self.closed_totals)
         link = self.link
         if link is not None and not link.closed:
-            t[0] += link.parser.msgs_in
-            t[1] += link.parser.payload_bytes_in
-            t[2] += link.out_msgs
-            t[3] += link.out_bytes
-            t[4] += link.dropped
+            for i, n in enumerate(link.counters()):
+                t[i] += n
         return t[0], t[1], t[2], t[3], t[4]
 
     async def close(self) -> None:

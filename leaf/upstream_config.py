@@ -33,7 +33,9 @@ _KEYS = {"urls", "name", "account", "user", "password", "token", "nkey_seed_file
 _TLS_KEYS = {"ca_file", "cert_file", "key_file", "verify", "handshake_first"}
 _STRING_KEYS = ("name", "account", "user", "password", "token", "nkey_seed_file", "credentials")
 _CREDENTIAL_KINDS = ("user", "token", "nkey_seed_file", "credentials")
-_HOST = re.compile(r"^[A-Za-z0-9_.-]+$")
+# Host names: dot-separated labels of 1-63 letters, digits, '-' or '_'.
+_HOST = re.compile(r"^(?!.{254})[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$")
+MACHINE_ID = "/etc/machine-id"
 _WHITESPACE = re.compile(r"\s")
 _SEED_ROLES = {"A": "an account", "O": "an operator", "N": "a server", "C": "a cluster"}
 _BEGIN = re.compile(r"^-{3,}\s*BEGIN\s+(.+?)\s*-{3,}$")
@@ -71,6 +73,8 @@ def _redacted(text: str) -> str:
         scheme, rest = "", text
     if "@" in rest:
         rest = "***@" + rest.rpartition("@")[2]
+    elif rest.count(":") > 1 and not rest.startswith("["):
+        rest = "***:" + rest.rpartition(":")[2]  # perhaps user:password:host, '@' forgotten
     return f"{scheme}{sep}{rest}"
 
 
@@ -319,8 +323,8 @@ def _user_keys(nkeys: Any, seed: str, where: str, path: str) -> Any:
 
 @dataclass(frozen=True)
 class UpstreamOptions:
-    """Everything the uplink needs. Backoff between attempts is capped
-    exponential with full jitter between ``reconnect_min`` and ``reconnect_max``."""
+    """Everything the uplink needs. The wait before attempt n is uniform
+    between 0 and min(reconnect_max, reconnect_min * 2**n) (full jitter)."""
 
     urls: tuple[UpstreamURL, ...]
     name: str = ""
@@ -376,10 +380,15 @@ class UpstreamOptions:
         name, label = self.name, "upstream.name"
         if not name:
             name, label = (server_name, "server.name") if server_name \
-                else (socket.gethostname(), "the host name")
+                else (default_name(), "the host name and machine id")
         if not name or _WHITESPACE.search(name):
             raise ConfigError(f"upstream.name: the leaf's name on the hub (from {label}) must be "
                               f"non-empty without whitespace, got {name!r}; set upstream.name")
+        for i, url in enumerate(self.urls):
+            if (url.user or url.token) and (self.user or self.token or self.nkey_seed_file
+                                            or self.credentials):
+                raise ConfigError(f"upstream.urls[{i}]: carries credentials and upstream sets "
+                                  "credentials too; give them in one place")
         ctx = (self.tls or UpstreamTLS()).context() if self.uses_tls else None
         signer = None
         if self.nkey_seed_file:
@@ -387,6 +396,18 @@ class UpstreamOptions:
         elif self.credentials:
             signer = Signer.from_creds_file(self.credentials, "upstream.credentials")
         return replace(self, name=name, tls_context=ctx, signer=signer)
+
+
+def default_name() -> str:
+    """This gateway's name on the hub when none is configured: the host name
+    plus the start of /etc/machine-id, so that a fleet of identically named
+    boards ("raspberrypi") do not evict each other on the hub."""
+    host = socket.gethostname().split(".")[0] or "leaf"
+    try:
+        machine = Path(MACHINE_ID).read_text().strip()[:8]
+    except OSError:
+        machine = ""
+    return f"{host}-{machine}" if re.fullmatch(r"[0-9a-f]{8}", machine) else host
 
 
 # -- the [upstream] table ------------------------------------------------------------
@@ -417,17 +438,35 @@ def parse_upstream(raw: Any) -> UpstreamOptions:
             out[key] = _subjects(t[key], f"upstream.{key}")
     if "reconnect" in t:
         out.update(_reconnect(t["reconnect"]))
-    for key in ("ping_interval", "first_info_timeout"):
+    for key, (low, high) in _DURATION_RANGES.items():
         if key in t:
-            out[key] = parse_duration(t[key], f"upstream.{key}", 0, exclusive=True)
+            out[key] = _in_range(parse_duration(t[key], f"upstream.{key}", 0, exclusive=True),
+                                 low, high, f"upstream.{key}", "seconds")
     if "max_pings_out" in t:
-        out["max_pings_out"] = _at_least_one(t["max_pings_out"], "upstream.max_pings_out",
-                                             " (0 would drop the uplink at its first PING)")
+        out["max_pings_out"] = _in_range(
+            _at_least_one(t["max_pings_out"], "upstream.max_pings_out",
+                          " (0 would drop the uplink at its first PING)"),
+            1, 100, "upstream.max_pings_out", "")
     if "max_pending" in t:
-        out["max_pending"] = _at_least_one(parse_size(t["max_pending"], "upstream.max_pending"),
-                                           "upstream.max_pending",
-                                           " (0 could not buffer a single message)")
+        out["max_pending"] = _in_range(parse_size(t["max_pending"], "upstream.max_pending"),
+                                       MIN_PENDING, 1 << 40, "upstream.max_pending", "bytes")
     return UpstreamOptions(urls=urls, **out)
+
+
+# Bounds that keep a typo from turning into a PING storm or a link that never comes up.
+_DURATION_RANGES = {"ping_interval": (0.1, 3600.0), "first_info_timeout": (0.1, 60.0)}
+MIN_PENDING = 64 * 1024
+
+
+def _in_range(value: Any, low: float, high: float, where: str, unit: str) -> Any:
+    if not low <= value <= high:
+        raise ConfigError(f"{where}: must be between {_num(low)} and {_num(high)}"
+                          f"{' ' + unit if unit else ''}, got {_num(value)}")
+    return value
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _check_credentials(t: dict[str, Any]) -> None:
@@ -438,6 +477,8 @@ def _check_credentials(t: dict[str, Any]) -> None:
         raise ConfigError(f"upstream.{kinds[1]}: cannot be combined with upstream.{kinds[0]} "
                           "(give one kind of credential: user/password, token, nkey_seed_file "
                           "or credentials)")
+    if "user" in t and "password" not in t:
+        raise ConfigError("upstream.user: needs upstream.password (or use upstream.token)")
 
 
 def _urls(raw: Any) -> tuple[UpstreamURL, ...]:
@@ -485,6 +526,8 @@ def _reconnect(raw: Any) -> dict[str, float]:
                          0, exclusive=True)
     high = parse_duration(t.get("max", UpstreamOptions.reconnect_max), "upstream.reconnect.max",
                           0, exclusive=True)
+    _in_range(low, 0.01, 60.0, "upstream.reconnect.min", "seconds")
+    _in_range(high, 0.01, 600.0, "upstream.reconnect.max", "seconds")
     if high < low:
         raise ConfigError(f"upstream.reconnect.max: must be at least upstream.reconnect.min "
                           f"({low:g} seconds), got {high:g} seconds")

@@ -456,3 +456,45 @@ async def test_duplicate_name_is_evicted_and_backs_off_without_flapping() -> Non
     out = output_of(first)
     assert ("hub sent -ERR 'Duplicate Remote LeafNode Connection'; "
             f"reconnecting in {LONG_BACKOFF:.2f}s") in out, out
+
+
+async def test_a_non_fatal_err_from_the_hub_does_not_cost_the_link() -> None:
+    """A hub that refuses some of our interest (max_subscriptions) says -ERR but
+    keeps the connection: leaf keeps its one link instead of re-dialling in a loop."""
+    hub = start_hub(extra="max_subscriptions: 3")
+    leaf = start_linked_leaf({"name": "leaf-maxsubs", "reconnect": FAST_RECONNECT},
+                             [hub.leaf_url])
+    try:
+        await wait_linked(hub, leaf)
+        lc = await connect(leaf.url)
+        hc = await connect(hub.url)
+        try:
+            for i in range(5):
+                await lc.subscribe(f"many.{i}")
+            await lc.flush()
+            hub_sub = await hc.subscribe("hub.ok")
+            await hc.flush()
+            await wait_leaf_sees(leaf, "hub.ok")
+            await crosses_up(lc, hub_sub, "hub.ok", b"still here")
+            up = await leaf_uplink(leaf)
+            assert up["connects"] == 1 and up["connected"], up
+        finally:
+            await lc.close()
+            await hc.close()
+        assert "maximum subscriptions exceeded" in output_of(leaf)
+    finally:
+        stop_all(leaf, hub)
+
+
+async def test_a_hub_that_does_not_advertise_its_urls_is_accepted() -> None:
+    """``leafnodes { no_advertise: true }`` (a cloud hub hiding private
+    addresses) sends no leafnode_urls: it is still a leafnode port."""
+    hub = start_hub(leafnodes_extra="no_advertise: true")
+    leaf = start_linked_leaf({"name": "leaf-noadv", "reconnect": FAST_RECONNECT},
+                             [hub.leaf_url])
+    try:
+        await wait_linked(hub, leaf)
+        up = await leaf_uplink(leaf)
+        assert up["urls"] == [hub.leaf_url], up
+    finally:
+        stop_all(leaf, hub)

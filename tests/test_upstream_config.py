@@ -24,8 +24,8 @@ from interop_support import RawClient, make_tls_files
 from leaf import config
 from leaf.errors import ConfigError
 from leaf.upstream_config import (
-    DEFAULT_LEAF_PORT, Signer, UpstreamOptions, UpstreamTLS, UpstreamURL, parse_upstream,
-    parse_url,
+    DEFAULT_LEAF_PORT, Signer, UpstreamOptions, UpstreamTLS, UpstreamURL, default_name,
+    parse_upstream, parse_url,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -236,7 +236,13 @@ def test_urls_may_come_from_the_command_line_only() -> None:
     ({**HUB, "max_pings_out": 0}, ("upstream.max_pings_out", "at least 1")),
     ({**HUB, "max_pings_out": True}, ("upstream.max_pings_out", "integer")),
     ({**HUB, "max_pings_out": 1.5}, ("upstream.max_pings_out", "integer")),
-    ({**HUB, "max_pending": 0}, ("upstream.max_pending", "at least 1")),
+    ({**HUB, "max_pending": 0}, ("upstream.max_pending", "between 65536")),
+    ({**HUB, "max_pending": 1}, ("upstream.max_pending", "between 65536")),
+    ({**HUB, "ping_interval": "1ms"}, ("upstream.ping_interval", "between 0.1 and 3600")),
+    ({**HUB, "first_info_timeout": "100h"}, ("upstream.first_info_timeout", "between")),
+    ({**HUB, "max_pings_out": 100000}, ("upstream.max_pings_out", "between 1 and 100")),
+    ({**HUB, "reconnect": {"min": "1ms"}}, ("upstream.reconnect.min", "between")),
+    ({**HUB, "user": "u"}, ("upstream.user", "needs upstream.password")),
     ({**HUB, "max_pending": "lots"}, ("upstream.max_pending", "size")),
     ({**HUB, "tls": {"verify": "yes"}}, ("upstream.tls.verify", "true or false")),
     ({**HUB, "tls": {"handshake_first": 1}}, ("upstream.tls.handshake_first", "true or false")),
@@ -302,7 +308,8 @@ def test_name_comes_from_the_table_then_server_name_then_the_host_name() -> None
                                                   name="flagged"))
     assert from_flag.upstream is not None and from_flag.upstream.name == "flagged"
     bare = config.finalize(config.from_dict({"upstream": HUB}))
-    assert bare.upstream is not None and bare.upstream.name == socket.gethostname()
+    assert bare.upstream is not None and bare.upstream.name == default_name()
+    assert bare.upstream.name.startswith(socket.gethostname().split(".")[0])
 
 
 def test_server_name_with_whitespace_is_refused_for_the_uplink() -> None:
@@ -588,3 +595,24 @@ def test_direct_construction_is_checked_too() -> None:
     with pytest.raises(ConfigError, match="upstream.urls"):
         UpstreamOptions(urls=()).resolve("x")
     assert parse_upstream({"urls": "nats://h"}).urls[0].host == "h"
+
+
+def test_a_url_missing_its_at_sign_does_not_show_the_password() -> None:
+    """``user:secret:host`` (the '@' forgotten) is refused without echoing the secret."""
+    with pytest.raises(ConfigError) as info:
+        parse_url("nats://user:s3cret-pw:hub.example", "upstream.urls[0]")
+    assert "upstream.urls[0]" in str(info.value) and "s3cret-pw" not in str(info.value)
+
+
+def test_credentials_in_a_url_and_in_the_table_are_refused() -> None:
+    """Two places for credentials would leave one silently unused."""
+    cfg = config.from_dict({"upstream": {"urls": ["nats://u:p@hub.example"], "token": "t0k"}})
+    with pytest.raises(ConfigError) as info:
+        config.finalize(cfg)
+    assert "upstream.urls[0]" in str(info.value) and "t0k" not in str(info.value)
+
+
+def test_host_names_with_empty_labels_are_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_url("nats-leaf://hub..example:7422", "upstream.urls[0]")
+    assert "invalid host name" in str(info.value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from leaf import NATS_COMPAT_VERSION
 from leaf.errors import LocalProtocolError, RemoteProtocolError
 from leaf.proto import encode
 from leaf.proto.leafnode import ls_plus
@@ -33,7 +34,7 @@ class LeafSettings:
     name: str
     account: str = "$G"
     server_id: str = ""
-    version: str = "2.12.0"
+    version: str = NATS_COMPAT_VERSION
     deny_publish: tuple[bytes, ...] = ()
     deny_subscribe: tuple[bytes, ...] = ()
     ping_interval: float = 30.0
@@ -89,15 +90,23 @@ class LeafSession:
         self.rtt_start: float | None = None  # when the PING being timed went out
         self.rtt = 0.0
 
+    def connected(self, now: float) -> None:
+        """The TCP connection is up: the hub's INFO is due within the budget from now."""
+        self._since = now
+
     # -- INFO --------------------------------------------------------------
     def receive_info(self, info: dict[str, Any], now: float) -> str:
         """Take an INFO; returns the phase it moved us to (``AWAIT_CONNECT_INFO``
         after the first: time to send ``hello``; ``UP`` after the
         connect_info INFO: time to announce interest)."""
         if self.phase == AWAIT_INFO:
-            if not info.get("client_id") or info.get("leafnode_urls") is None:
+            # A hub's leafnode port always says a second INFO follows (and
+            # usually lists leafnode_urls, unless it has no_advertise); a
+            # client port says neither.
+            if not info.get("client_id") or (info.get("leafnode_urls") is None
+                                             and not info.get("info_on_connect")):
                 raise LocalProtocolError(
-                    "not a leafnode port: the INFO has no leafnode_urls "
+                    "not a leafnode port: the INFO is a client port's "
                     "(is this the hub's client port?)", err=None)
             self.hub_info = info
             self._update(info)
