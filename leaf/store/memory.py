@@ -26,6 +26,7 @@ class MemoryStream(Retention):
         self.forwarded = 0
         self._held: deque[StoredMessage] = deque()
         self._pending: list[StoredMessage] = []
+        self._pending_size = 0
         self._bytes = 0
 
     @property
@@ -39,9 +40,12 @@ class MemoryStream(Retention):
     def append(self, subject: bytes, payload: bytes, headers: bytes = b"",
                time_ms: int = 0) -> int:
         if self.limits.discard == "new":
-            self._refuse_if_full(len(subject) + len(payload) + len(headers) + RECORD_OVERHEAD)
+            self._refuse_if_full(len(subject) + len(payload) + len(headers) + RECORD_OVERHEAD
+                                 + self._pending_size)
         seq = self.next_seq
-        self._pending.append(StoredMessage(seq, time_ms, subject, headers, payload))
+        m = StoredMessage(seq, time_ms, subject, headers, payload)
+        self._pending.append(m)
+        self._pending_size += _size(m)
         self.next_seq += 1
         return seq
 
@@ -55,6 +59,7 @@ class MemoryStream(Retention):
             self.counters.appended += len(self._pending)
             self.counters.flushes += 1
             self._pending = []
+            self._pending_size = 0
             self._enforce_limits()
         return self.next_seq - 1
 

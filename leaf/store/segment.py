@@ -50,9 +50,13 @@ class Segment:
     @classmethod
     def create(cls, directory: Path, first_seq: int) -> Segment:
         path = directory / segment_name(first_seq)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        except OSError as exc:
+            raise _store_error(exc, "creating a segment") from None
         try:
             _write_all(fd, MAGIC)
+            os.fsync(fd)  # an empty new segment must at least have its magic after a crash
         except OSError as exc:
             os.close(fd)
             path.unlink(missing_ok=True)
@@ -99,13 +103,15 @@ class Segment:
                 self.next_seq = first_seq + count
                 good = after
         lost = self.size - good
-        if lost and repair:
+        if repair and (lost or good == 0):
             os.ftruncate(self.fd, good)
             if good == 0:
                 _write_all(self.fd, MAGIC)
                 good = len(MAGIC)
             os.fsync(self.fd)
-            self.size = good
+        # Reading stops at the last good frame, also when the file is left as
+        # it is (a read-only look at a stream whose writer crashed or is mid-write).
+        self.size = good
         self.ids = {s: i for i, s in self.subjects.items()}
         self.scanned = True
         return lost
@@ -151,7 +157,10 @@ class Segment:
             self._last_indexed = offset
 
     def sync(self) -> None:
-        os.fsync(self.fd)
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise _store_error(exc, "fsync") from None
 
     # -- reading -----------------------------------------------------------
     def read(self, from_seq: int, max_msgs: int) -> list[StoredMessage]:

@@ -6,7 +6,9 @@ the last flush as one frame (one ``write``: the group commit, and from then
 on the messages survive ``kill -9``); ``sync`` fsyncs (survives power
 loss). A failed flush (a full disk) leaves the files as they were and
 forgets those appends, so sequence numbers stay dense and nothing
-half-written is ever read back.
+half-written is ever read back. When the disk is full, segments whose
+records all reached upstream are deleted first to make room; the
+unforwarded backlog is only ever removed by the configured limits.
 
 Retention: ``forwarded`` is how far the forwarder got upstream. Limits
 remove the oldest records first (those are the forwarded ones); with
@@ -18,6 +20,7 @@ before NTP — must not lose its backlog to a clock step).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -32,6 +35,7 @@ from leaf.store.record import FrameWriter, StoredMessage
 from leaf.store.segment import SUFFIX, Segment
 
 STATE_FILE = "state.json"
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 LOCK_FILE = "lock"
 MIN_SEGMENT = 64 * 1024
 
@@ -259,7 +263,10 @@ class FileStream(Retention):
                time_ms: int = 0) -> int:
         """Buffer one message; returns its sequence (durable after flush/sync)."""
         if self.limits.discard == "new":
-            self._refuse_if_full(len(subject) + len(payload) + len(headers))
+            # What the record may take on disk: the message, its entry
+            # header, a subject definition, and the open frame's share.
+            self._refuse_if_full(len(subject) * 2 + len(payload) + len(headers) + 32
+                                 + self._pending_bytes())
         frame = self._frame
         if frame is None:
             seg = self.segments[-1]
@@ -278,6 +285,10 @@ class FileStream(Retention):
         """Messages appended but not yet written."""
         return self._frame.count if self._frame is not None else 0
 
+    def _pending_bytes(self) -> int:
+        frame = self._frame
+        return len(frame.entries) + 32 if frame is not None else 0
+
     def flush(self) -> int:
         """Write the buffered messages as one frame; returns the last sequence
         written. On failure nothing of them stays and StoreError is raised
@@ -289,7 +300,13 @@ class FileStream(Retention):
         seg = self.segments[-1]
         data = frame.encode()
         try:
-            seg.write(data, frame.first_seq, frame.count)
+            try:
+                seg.write(data, frame.first_seq, frame.count)
+            except StoreError as exc:
+                # A full disk: history that already reached upstream makes room.
+                if getattr(exc, "errno", None) not in _DISK_FULL or not self._free_forwarded():
+                    raise
+                seg.write(data, frame.first_seq, frame.count)
         except StoreError:
             seg.forget_new_subjects(self._frame_known)
             self.next_seq = frame.first_seq
@@ -301,6 +318,14 @@ class FileStream(Retention):
         c.flushes += 1
         self._enforce_limits()
         return self.next_seq - 1
+
+    def _free_forwarded(self) -> bool:
+        """Delete the oldest segments whose records were all forwarded; whether any went."""
+        freed = False
+        while (end := self._unit_end()) is not None and end <= self.forwarded + 1:
+            self._drop_to(end, "disk_full")
+            freed = True
+        return freed
 
     def sync(self) -> None:
         """fsync the segment being written (safe to call from another thread)."""
@@ -314,11 +339,15 @@ class FileStream(Retention):
         """Seal the newest segment (fsynced first, so only the newest can ever
         be torn) and start the next."""
         old = self.segments[-1]
-        new = Segment.create(self.dir, self.next_seq)
         with self._lock:
             old.sync()
+        new = Segment.create(self.dir, self.next_seq)
+        with self._lock:
             self.segments.append(new)
-        _fsync_dir(self.dir)
+        try:
+            _fsync_dir(self.dir)
+        except OSError as exc:
+            raise StoreError(f"{self.dir}: {exc.strerror or exc}") from None
         return new
 
     # -- retention -----------------------------------------------------------
@@ -353,10 +382,15 @@ class FileStream(Retention):
             end = self.segments[i + 1].first_seq if i + 1 < len(self.segments) else seg.next_seq
             if seq >= end:
                 continue
-            got = seg.read(seq, max_msgs - len(out))
+            want = max_msgs - len(out)
+            got = seg.read(seq, want)
             out += got
             if got:
                 seq = got[-1].seq + 1
+            if len(got) < want and seq < min(end, self.next_seq - self._frame_count):
+                # Records that must be there cannot be read: never skip them silently.
+                raise StoreError(f"{seg.path.name}: records {seq}..{end - 1} are unreadable "
+                                 "(the file is damaged)")
         return out
 
     def checkpoint(self) -> None:
