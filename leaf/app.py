@@ -77,7 +77,9 @@ class App:
             assert self.uplink is not None
             subjects = options.subjects
             self.uplink.held_back = lambda s: any(matches(p, s) for p in subjects)
-            self.forwarder = Forwarder(options, stream, self.uplink, self.server)
+            ingest = self.ingest
+            self.forwarder = Forwarder(options, stream, self.uplink, self.server,
+                                       durable=lambda: ingest.forwardable)
             self.ingest.on_written.append(self.forwarder.pump)
             self.forwarder.start()
 

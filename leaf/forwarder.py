@@ -21,7 +21,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from leaf.hub import Subscription
 from leaf.store import Retention, StoredMessage
@@ -41,12 +41,14 @@ class Forwarder:
     """Drains the stream over the uplink (see the module docstring)."""
 
     def __init__(self, options: StreamOptions, stream: Retention, uplink: Uplink,
-                 server: Server) -> None:
+                 server: Server, durable: Callable[[], int] | None = None) -> None:
         self.options = options
         self.stream = stream
         self.uplink = uplink
         self.server = server
         self.jetstream = options.forward == "jetstream"
+        # The last sequence that may go upstream (durable under the fsync policy).
+        self.durable = durable or (lambda: stream.written_seq)
         self.leaf_name = uplink.settings.name
         self.inbox = b"_INBOX.%s." % secrets.token_hex(8).encode()
         self.ack_sub = Subscription(self.inbox + b"*", b"", None, callback=self._on_ack)
@@ -118,7 +120,9 @@ class Forwarder:
         while room > 0:
             if not ahead or ahead[0].seq != self.next_send:
                 ahead.clear()
-                ahead.extend(self.stream.read(self.next_send, READ_BATCH))
+                limit = self.durable()
+                ahead.extend(m for m in self.stream.read(self.next_send, READ_BATCH)
+                             if m.seq <= limit)
                 if not ahead:
                     break
             m = ahead[0]

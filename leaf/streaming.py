@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("leaf.stream")
 
-CHECKPOINT_EVERY = 1.0  # seconds between saves of the forward cursor
+CHECKPOINT_EVERY = 0.25  # seconds between saves of the forward cursor (when it moved)
 EXPIRE_EVERY = 5.0
 
 
@@ -79,7 +79,10 @@ class StreamIngest:
         self._waiting: list[tuple[int, bytes]] = []
         self._flush_scheduled = False
         self._syncing = False
-        self._written = stream.last_seq  # durable up to here under "write" policies
+        self._written = stream.written_seq  # acknowledged up to here
+        # Covered by a finished fsync: only these go upstream (unless fsync =
+        # "never"), so a power cut cannot take back a record the hub has.
+        self.synced = stream.written_seq
         self.fsync = FsyncStats()
         self.store_errors = 0
         self._failing = False  # a write error was logged and not yet healed
@@ -142,6 +145,16 @@ class StreamIngest:
         else:
             self._written = last
             self._release(last)
+            if self.options.fsync_interval < 0:  # "never": written is as good as it gets
+                self.synced = last
+                self._notify()
+
+    @property
+    def forwardable(self) -> int:
+        """The last sequence the forwarder may send."""
+        return self.synced
+
+    def _notify(self) -> None:
         for listener in self.on_written:
             listener()
 
@@ -163,7 +176,7 @@ class StreamIngest:
         before it started; acks wait for it."""
         if self._syncing or self._closed:
             return
-        target = self.stream.last_seq
+        target = self.stream.written_seq
         if target <= self._written:
             return
         self._syncing = True
@@ -185,11 +198,16 @@ class StreamIngest:
             return
         self.fsync.add(time.perf_counter() - started)
         self._written = max(self._written, target)
+        self.synced = max(self.synced, target)
         self._release(self._written)
+        self._notify()
         self._start_sync()  # what was written meanwhile
 
     def _interval_sync(self) -> None:
         if self._syncing or self._closed:
+            return
+        target = self.stream.written_seq
+        if target <= self.synced:
             return
         self._syncing = True
         started = time.perf_counter()
@@ -197,12 +215,17 @@ class StreamIngest:
 
         def done(f: asyncio.Future[None]) -> None:
             self._syncing = False
+            if self._closed:
+                return
             try:
                 f.result()
-                self.fsync.add(time.perf_counter() - started)
             except (OSError, StoreError) as exc:
                 self.store_errors += 1
                 log.error("stream: fsync failed: %s", exc)
+                return
+            self.fsync.add(time.perf_counter() - started)
+            self.synced = max(self.synced, target)
+            self._notify()
         future.add_done_callback(done)
 
     def _release(self, durable: int) -> None:
@@ -244,7 +267,7 @@ class StreamIngest:
         try:
             self.stream.flush()
             self.stream.sync()
-            self._written = self.stream.last_seq
+            self._written = self.synced = self.stream.written_seq
             self._release(self._written)
         except (StoreError, OSError) as exc:
             log.error("stream: final write failed: %s", exc)

@@ -111,6 +111,11 @@ class Retention:
     def last_seq(self) -> int:
         return self.next_seq - 1
 
+    @property
+    def written_seq(self) -> int:
+        """The last sequence handed to the OS (appends not yet flushed excluded)."""
+        return self.next_seq - self._frame_count - 1
+
     def ack(self, seq: int) -> None:
         """Everything up to ``seq`` reached upstream."""
         if seq > self.forwarded:
@@ -218,6 +223,9 @@ class FileStream(Retention):
         if not read_only:
             self._forget_before(self.first_seq)
             self.checkpoint()
+            # What a killed process left in the page cache is made durable
+            # before anything of it is acknowledged or forwarded again.
+            self.segments[-1].sync()
 
     # -- opening -----------------------------------------------------------
     def _take_lock(self) -> None:
