@@ -120,9 +120,6 @@ CASES: dict[str, tuple[str, str, dict[str, Any], str, dict[str, Any]]] = {
     "none": ("", "", {}, "", {}),
     "user_password": (LEAF_AUTH_USER, "", {"user": USER, "password": PASSWORD}, "", {}),
     "user_password_in_url": (LEAF_AUTH_USER, "", {}, f"{USER}:{PASSWORD}@", {}),
-    # The URL's userinfo wins over the table's credentials.
-    "url_wins_over_table": (LEAF_AUTH_USER, "", {"user": USER, "password": WRONG},
-                            f"{USER}:{PASSWORD}@", {}),
     "token": ("", TOP_AUTH_TOKEN, {"token": TOKEN}, "", {"token": TOKEN}),
     "token_in_url": ("", TOP_AUTH_TOKEN, {}, f"{TOKEN}@", {"token": TOKEN}),
     # No leafnodes authorization: the leaf CONNECT is checked against the
@@ -407,3 +404,27 @@ async def test_tls_handshake_first_hub_and_a_leaf_waiting_for_info(
         stop_all(leaf, hub)
     out = output_of(leaf)
     assert f"uplink to {hub.leaf_url}: no INFO from the hub in time; reconnecting in" in out, out
+
+
+def test_credentials_in_the_url_and_the_table_are_refused_at_start() -> None:
+    """Two places for credentials would leave one silently unused: leaf refuses
+    to start, names the URL, and echoes neither secret."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from interop_support import leaf_toml
+
+    hub = start_hub(leafnodes_extra=LEAF_AUTH_USER)
+    try:
+        cfg = hub.srv.workdir / "leaf-both.toml"
+        cfg.write_text(leaf_toml({"upstream": {
+            "urls": [f"nats-leaf://{USER}:{PASSWORD}@127.0.0.1:{hub.leaf_port}"],
+            "user": USER, "password": WRONG}}))
+        done = subprocess.run([sys.executable, "-m", "leaf", "run", "-p", "0", "-c", str(cfg)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=30)
+    finally:
+        stop_all(hub)
+    assert done.returncode == 2
+    assert "upstream.urls[0]" in done.stderr
+    assert PASSWORD not in done.stderr and WRONG not in done.stderr
