@@ -226,6 +226,9 @@ class Forwarder:
         if seq not in self.inflight:
             return  # a late answer to something already settled or re-sent
         body = payload[hdr_len:] if hdr_len > 0 else payload
+        if hdr_len <= 0 and body.startswith(b'{"stream":') and b'"error"' not in body:
+            self._settled(seq, ok=True)  # the common PubAck, without a JSON parse
+            return
         status = payload[9:12] if hdr_len > 0 else b""
         answer = _json(body)
         error = answer.get("error") if isinstance(answer, dict) else None
@@ -235,19 +238,25 @@ class Forwarder:
             self.next_send = min(self.next_send, seq)
             self._wait("the hub's stream is unavailable (503)")
             return
-        del self.inflight[seq]
         if isinstance(error, dict):
             code = str(error.get("err_code", error.get("code", "?")))
             self.rejected[f"error_{code}"] = self.rejected.get(f"error_{code}", 0) + 1
             self._log_once(f"error_{code}", f"stream: the hub refused record {seq}: "
                                             f"{error.get('description', error)} (err_code {code})")
             self.last_error = str(error.get("description", error))
-        else:
+        self._settled(seq, ok=not isinstance(error, dict))
+
+    def _settled(self, seq: int, ok: bool) -> None:
+        """A record is done with (stored upstream, or refused for good)."""
+        del self.inflight[seq]
+        if ok:
             self.forwarded += 1
         self._backoff = 0.0
         self._acked.add(seq)
         self._advance()
-        self.pump()
+        # Refill in batches (one write for many records), not one per PubAck.
+        if len(self.inflight) <= self.options.window // 2:
+            self.pump()
 
     def _advance(self) -> None:
         """Move the cursor over the contiguous prefix of settled records."""

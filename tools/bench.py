@@ -3,6 +3,7 @@
     python tools/bench.py            # full: 3 runs per workload per server
     python tools/bench.py --quick    # smoke run (small counts, 1 run), < 60 s
     python tools/bench.py --uplink   # leaf-node uplink workloads: bench_uplink.py
+    python tools/bench.py --stream   # local stream (store and forward): bench_stream.py
     options: --scale F, --runs N, --only nats|leaf, --leaf-cmd "CMD {port}",
              --filter SUBSTR, --stall SECONDS, --no-pin, --json FILE
 
@@ -654,6 +655,8 @@ def arg_parser(uplink_doc: str = "") -> argparse.ArgumentParser:
     if not uplink_doc:
         ap.add_argument("--uplink", action="store_true", help="run the leaf-node uplink"
                         " workloads instead (tools/bench_uplink.py; --uplink --help)")
+        ap.add_argument("--stream", action="store_true", help="run the local stream "
+                        "workloads instead (tools/bench_stream.py; --stream --help)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: small counts, 1 run per workload")
     ap.add_argument("--scale", type=float, default=1.0,
@@ -684,6 +687,9 @@ def main(argv: list[str] | None = None) -> int:
     if "--uplink" in argv:
         import bench_uplink   # tools/ is on sys.path when run as a script
         return bench_uplink.main([a for a in argv if a != "--uplink"])
+    if "--stream" in argv:
+        import bench_stream   # tools/ is on sys.path when run as a script
+        return bench_stream.main([a for a in argv if a != "--stream"])
     args = arg_parser().parse_args(argv)
     cpus = sorted(os.sched_getaffinity(0))
     pin = not args.no_pin and len(cpus) > 1

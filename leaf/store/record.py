@@ -138,14 +138,14 @@ def frame_header(body: memoryview) -> tuple[int, int, int, int]:
 
 
 def decode_frame(body: memoryview, subjects: dict[int, bytes],
-                 from_seq: int = 0) -> list[StoredMessage]:
-    """The messages of a frame (those at or after ``from_seq``); definitions
-    are added to ``subjects`` as they are met."""
+                 from_seq: int = 0, max_msgs: int = 1 << 62) -> list[StoredMessage]:
+    """The messages of a frame (at most ``max_msgs`` of those at or after
+    ``from_seq``); definitions are added to ``subjects`` as they are met."""
     seq, base_ms, _, pos = frame_header(body)
     out: list[StoredMessage] = []
     end = len(body)
     try:
-        while pos < end:
+        while pos < end and len(out) < max_msgs:
             kind = body[pos]
             pos += 1
             sid, pos = get_varint(body, pos)

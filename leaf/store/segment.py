@@ -134,21 +134,25 @@ class Segment:
             if subject is not None:
                 self.ids.pop(subject, None)
 
-    def write(self, frame: bytes, first_seq: int, count: int) -> None:
-        """Append one encoded frame; on failure (ENOSPC...) the file is cut
-        back to where it was and StoreError raised: nothing half-written stays."""
+    def write(self, frames: list[tuple[bytes, int, int]]) -> None:
+        """Append encoded frames ``(bytes, first_seq, count)`` with one write;
+        on failure (ENOSPC...) the file is cut back to where it was and
+        StoreError raised: nothing half-written stays."""
         before = self.size
         try:
-            _write_all(self.fd, frame)
+            _write_all(self.fd, frames[0][0] if len(frames) == 1 else b"".join(f[0] for f in frames))
         except OSError as exc:
             try:
                 os.ftruncate(self.fd, before)
             except OSError:
                 pass
             raise _store_error(exc, "writing") from None
-        self._note_frame(first_seq, before)
-        self.size = before + len(frame)
-        self.next_seq = first_seq + count
+        offset = before
+        for data, first_seq, count in frames:
+            self._note_frame(first_seq, offset)
+            offset += len(data)
+            self.next_seq = first_seq + count
+        self.size = offset
 
     def _note_frame(self, first_seq: int, offset: int) -> None:
         if offset - self._last_indexed >= INDEX_STEP:
@@ -181,7 +185,7 @@ class Segment:
                 if found is None:
                     break
                 body, after = found
-                out += decode_frame(body, self.subjects, from_seq)
+                out += decode_frame(body, self.subjects, from_seq, max_msgs - len(out))
                 pos = after
             if pos == 0:  # a frame larger than the chunk
                 size = FRAME_HEAD.unpack_from(data, 0)[0] if len(data) >= FRAME_HEAD.size else 0
@@ -191,7 +195,7 @@ class Segment:
                 found = frame_at(data, 0)
                 if found is None:
                     raise StoreError(f"{self.path.name}: corrupt frame at {offset}")
-                out += decode_frame(found[0], self.subjects, from_seq)
+                out += decode_frame(found[0], self.subjects, from_seq, max_msgs - len(out))
                 pos = found[1]
             offset += pos
         return out[:max_msgs]

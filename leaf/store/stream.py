@@ -38,6 +38,7 @@ STATE_FILE = "state.json"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 LOCK_FILE = "lock"
 MIN_SEGMENT = 64 * 1024
+MAX_FRAME_BODY = 64 * 1024  # a group commit larger than this is cut into several frames
 
 
 @dataclass(frozen=True)
@@ -218,8 +219,11 @@ class FileStream(Retention):
         self.first_seq = min(self.first_seq, self.next_seq)
         self.forwarded = min(int(state.get("forwarded", 0)), self.next_seq - 1)
         self._saved_state: dict[str, Any] = {}
-        self._frame: FrameWriter | None = None
-        self._frame_known = 0
+        self._frame: FrameWriter | None = None  # the frame being filled
+        self._full_frames: list[FrameWriter] = []  # filled, written with it at the next flush
+        self._full_bytes = 0
+        self._pending_msgs = 0
+        self._frame_known = 0  # subjects of the segment before this flush's frames
         if not read_only:
             self._forget_before(self.first_seq)
             self.checkpoint()
@@ -282,8 +286,15 @@ class FileStream(Retention):
                 seg = self._roll()
             frame = self._frame = FrameWriter(self.next_seq, time_ms)
             self._frame_known = len(seg.subjects)
+        elif len(frame.entries) >= MAX_FRAME_BODY:
+            # Frames stay small so a reader never decodes much more than it
+            # asked for; the flush still writes them all at once.
+            self._full_frames.append(frame)
+            self._full_bytes += len(frame.entries)
+            frame = self._frame = FrameWriter(self.next_seq, time_ms)
         seg = self.segments[-1]
         frame.message(seg.subject_id(subject, frame), time_ms, headers, payload)
+        self._pending_msgs += 1
         seq = self.next_seq
         self.next_seq += 1
         return seq
@@ -291,38 +302,43 @@ class FileStream(Retention):
     @property
     def _frame_count(self) -> int:  # type: ignore[override]
         """Messages appended but not yet written."""
-        return self._frame.count if self._frame is not None else 0
+        return self._pending_msgs
 
     def _pending_bytes(self) -> int:
         frame = self._frame
-        return len(frame.entries) + 32 if frame is not None else 0
+        if frame is None:
+            return 0
+        return self._full_bytes + len(frame.entries) + 32 * (len(self._full_frames) + 1)
 
     def flush(self) -> int:
-        """Write the buffered messages as one frame; returns the last sequence
-        written. On failure nothing of them stays and StoreError is raised
+        """Write the buffered messages (one write: the group commit); returns
+        the last sequence written. On failure nothing of them stays and StoreError is raised
         (their sequences will be given out again)."""
-        frame = self._frame
-        if frame is None:
+        if self._frame is None:
             return self.next_seq - 1
+        frames = self._full_frames + [self._frame]
+        count = self._pending_msgs
         self._frame = None
+        self._full_frames = []
+        self._full_bytes = self._pending_msgs = 0
         seg = self.segments[-1]
-        data = frame.encode()
+        encoded = [(f.encode(), f.first_seq, f.count) for f in frames]
         try:
             try:
-                seg.write(data, frame.first_seq, frame.count)
+                seg.write(encoded)
             except StoreError as exc:
                 # A full disk: history that already reached upstream makes room.
                 if getattr(exc, "errno", None) not in _DISK_FULL or not self._free_forwarded():
                     raise
-                seg.write(data, frame.first_seq, frame.count)
+                seg.write(encoded)
         except StoreError:
             seg.forget_new_subjects(self._frame_known)
-            self.next_seq = frame.first_seq
+            self.next_seq = frames[0].first_seq
             self.counters.write_errors += 1
             raise
         c = self.counters
-        c.appended += frame.count
-        c.bytes_written += len(data)
+        c.appended += count
+        c.bytes_written += sum(len(e[0]) for e in encoded)
         c.flushes += 1
         self._enforce_limits()
         return self.next_seq - 1
