@@ -23,6 +23,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
+from leaf.errors import StoreError
 from leaf.hub import Subscription
 from leaf.store import Retention, StoredMessage
 from leaf.stream_config import StreamOptions
@@ -91,6 +92,8 @@ class Forwarder:
         for t in (self._retry, self._timeout):
             if t is not None:
                 t.cancel()
+        if self._link_changed in self.uplink.listeners:
+            self.uplink.listeners.remove(self._link_changed)
         self.server.hub.remove(self.ack_sub)
 
     def _link_changed(self, link: LeafLink | None) -> None:
@@ -102,12 +105,21 @@ class Forwarder:
         self._batches = 0
         self.next_send = self.stream.forwarded + 1
         self._backoff = 0.0
+        if self._retry is not None:  # a wait from the old link must not delay the new one
+            self._retry.cancel()
+            self._retry = None
         if link is not None:
             self.pump()
 
     # -- sending -------------------------------------------------------------
     def pump(self) -> None:
         """Send what the window and the rate cap allow."""
+        try:
+            self._pump()
+        except StoreError as exc:  # a damaged record: wait, never take the link down
+            self._wait(f"cannot read the stream: {exc}")
+
+    def _pump(self) -> None:
         link = self.link
         if self._closed or link is None or not link.ready_up or self._retry is not None:
             return
@@ -171,7 +183,7 @@ class Forwarder:
 
     @property
     def stream_id(self) -> str:
-        return getattr(self.stream, "stream_id", "mem")
+        return self.stream.stream_id
 
     def _upstream(self, link: LeafLink, subject: bytes) -> tuple[bytes, bool]:
         """The upstream subject and whether the hub has interest in it (cached
@@ -286,14 +298,17 @@ class Forwarder:
         if self._closed or not self.inflight:
             return
         oldest = min(self.inflight)
-        if time.monotonic() - self.inflight[oldest] >= self.options.ack_timeout:
+        age = time.monotonic() - self.inflight[oldest]
+        if age >= self.options.ack_timeout:
             self.timeouts += 1
             self.resends += len(self.inflight)
             self.inflight.clear()
-            self.next_send = max(oldest, self.stream.forwarded + 1)
+            # Never forward past a record still owed (e.g. one a 503 sent back).
+            self.next_send = min(self.next_send, oldest)
             self._wait("no PubAck from the hub in time")
             return
-        self._arm_timeout()
+        self._timeout = asyncio.get_running_loop().call_later(
+            self.options.ack_timeout - age, self._check_timeout)
 
     def _wait(self, why: str) -> None:
         """Back off (doubling up to MAX_BACKOFF), then try again: never a hot loop."""

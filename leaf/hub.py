@@ -194,7 +194,9 @@ class Hub:
                  + tuple(((), e) for e in remote_groups.values()), uplink)
         if not route[0] and not route[1]:
             route = _NO_ROUTE
-        if len(subject) <= CACHED_SUBJECT_MAX:  # bounds the cache in bytes too
+        # Bounded in bytes too; and reply inboxes (each used once, for a
+        # PubAck or a response) would only push the hot routes out.
+        if len(subject) <= CACHED_SUBJECT_MAX and not subject.startswith(b"_INBOX."):
             if len(self._routes) >= ROUTE_CACHE_SIZE:
                 self._routes.clear()
             self._routes[subject] = route

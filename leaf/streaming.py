@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("leaf.stream")
 
-CHECKPOINT_EVERY = 0.25  # seconds between saves of the forward cursor (when it moved)
+CHECKPOINT_EVERY = 1.0  # seconds between saves of the forward cursor (when it moved)
 EXPIRE_EVERY = 5.0
 
 
@@ -87,7 +87,8 @@ class StreamIngest:
         self.store_errors = 0
         self._failing = False  # a write error was logged and not yet healed
         self.on_written: list[Callable[[], None]] = []
-        self._timers: list[asyncio.TimerHandle] = []
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # one pending handle per task
+        self._sync_retry_at = 0.0  # after a failed fsync: not before this (monotonic)
         self._closed = False
 
     def start(self) -> None:
@@ -101,6 +102,7 @@ class StreamIngest:
 
     def _every(self, period: float, fn: Callable[[], None]) -> None:
         loop = asyncio.get_running_loop()
+        name = fn.__name__
 
         def tick() -> None:
             if self._closed:
@@ -109,13 +111,21 @@ class StreamIngest:
                 fn()
             except Exception:
                 log.exception("stream: periodic task failed")
-            self._timers.append(loop.call_later(period, tick))
-        self._timers.append(loop.call_later(period, tick))
+            self._timers[name] = loop.call_later(period, tick)
+        self._timers[name] = loop.call_later(period, tick)
 
     # -- ingest ------------------------------------------------------------
     def _on_message(self, subject: bytes, reply: bytes, hdr_len: int, payload: bytes) -> None:
         headers = payload[:hdr_len] if hdr_len > 0 else b""
         body = payload[hdr_len:] if hdr_len > 0 else payload
+        if headers and b"nats-expected-" in headers.lower():
+            # Expectations are about *this* stream: checked here, never sent
+            # upstream (where they would name another stream and be refused).
+            refused, headers = _expectations(headers, self.options.name)
+            if refused is not None:
+                if reply:
+                    self._answer(reply, refused)
+                return
         try:
             seq = self.stream.append(subject, body, headers, int(time.time() * 1000))
         except StoreError as exc:
@@ -174,7 +184,7 @@ class StreamIngest:
     def _start_sync(self) -> None:
         """fsync=always: one fsync in a worker thread covers everything written
         before it started; acks wait for it."""
-        if self._syncing or self._closed:
+        if self._syncing or self._closed or time.monotonic() < self._sync_retry_at:
             return
         target = self.stream.written_seq
         if target <= self._written:
@@ -192,9 +202,7 @@ class StreamIngest:
         try:
             future.result()
         except (OSError, StoreError) as exc:
-            log.error("stream: fsync failed: %s", exc)
-            self.store_errors += 1
-            self._start_sync()
+            self._sync_failed(exc, target)
             return
         self.fsync.add(time.perf_counter() - started)
         self._written = max(self._written, target)
@@ -203,8 +211,24 @@ class StreamIngest:
         self._notify()
         self._start_sync()  # what was written meanwhile
 
+    def _sync_failed(self, exc: BaseException, target: int) -> None:
+        """After a failed fsync the kernel may have dropped the data: nothing it
+        covered is acknowledged as durable (the waiting publishers get an
+        error) and the next attempt waits a second, never a hot loop."""
+        self.store_errors += 1
+        log.error("stream: fsync failed: %s; %d waiting publishers get an error", exc,
+                  sum(1 for w in self._waiting if w[0] <= target))
+        ack = _error_ack(self.options.name, f"fsync failed: {exc}")
+        for _, reply in [w for w in self._waiting if w[0] <= target]:
+            self._answer(reply, ack)
+        self._waiting = [w for w in self._waiting if w[0] > target]
+        self._written = max(self._written, target)  # answered, though not as durable
+        self.server.flush()
+        self._sync_retry_at = time.monotonic() + 1.0
+        asyncio.get_running_loop().call_later(1.0, self._start_sync)
+
     def _interval_sync(self) -> None:
-        if self._syncing or self._closed:
+        if self._syncing or self._closed or time.monotonic() < self._sync_retry_at:
             return
         target = self.stream.written_seq
         if target <= self.synced:
@@ -221,7 +245,8 @@ class StreamIngest:
                 f.result()
             except (OSError, StoreError) as exc:
                 self.store_errors += 1
-                log.error("stream: fsync failed: %s", exc)
+                self._sync_retry_at = time.monotonic() + 1.0
+                log.error("stream: fsync failed: %s; not forwarding what it covered", exc)
                 return
             self.fsync.add(time.perf_counter() - started)
             self.synced = max(self.synced, target)
@@ -260,7 +285,7 @@ class StreamIngest:
     def close(self) -> None:
         """Write what is buffered, sync, save the cursor, release the files."""
         self._closed = True
-        for t in self._timers:
+        for t in self._timers.values():
             t.cancel()
         for sub in self.subs:
             self.hub.remove(sub)
@@ -272,6 +297,25 @@ class StreamIngest:
         except (StoreError, OSError) as exc:
             log.error("stream: final write failed: %s", exc)
         self.stream.close()
+
+
+def _expectations(headers: bytes, stream: str) -> tuple[bytes | None, bytes]:
+    """(an error PubAck if a ``Nats-Expected-Stream`` names another stream,
+    the header block without any ``Nats-Expected-*`` line)."""
+    lines = headers.split(b"\r\n")
+    kept = [lines[0]]
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"nats-expected-stream" and \
+                value.strip().decode("utf-8", "replace") != stream:
+            return json.dumps({"error": {"code": 400, "err_code": 10060,
+                                         "description": "expected stream does not match"},
+                               "stream": stream, "seq": 0}, separators=(",", ":")).encode(), b""
+        if not name.strip().lower().startswith(b"nats-expected-"):
+            kept.append(line)
+    if len(kept) <= 3 and all(not k for k in kept[1:]):
+        return None, b""  # nothing but the status line left
+    return None, b"\r\n".join(kept)
 
 
 def _error_ack(stream: str, description: str) -> bytes:

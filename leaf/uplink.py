@@ -182,8 +182,7 @@ class Uplink:
             return str(exc)
         self.connects += 1
         self.connected_since = time.time()
-        for listener in list(self.listeners):
-            listener(link)
+        self._tell(link)
         session = link.session
         log.info("uplink: connected to hub %s at %s as leaf %r (account %s%s)",
                  session.hub_info.get("server_name", "?"), url, self.settings.name,
@@ -199,8 +198,16 @@ class Uplink:
             was_up = self.connected_since != 0.0
             self.connected_since = 0.0
             if was_up:
-                for listener in list(self.listeners):
-                    listener(None)
+                self._tell(None)
+
+    def _tell(self, link: LeafLink | None) -> None:
+        """Listeners hear of the link coming up (or going down); a failing one
+        is logged, never allowed to take the link with it."""
+        for listener in list(self.listeners):
+            try:
+                listener(link)
+            except Exception:
+                log.exception("uplink: a listener failed")
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

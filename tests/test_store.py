@@ -373,6 +373,12 @@ def no_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "fsync", lambda fd: None)
 
 
+def resume(tpl: Template, next_seq: int) -> int:
+    """Where appends go on after a cut that left ``next_seq``: never at or below a
+    sequence the state file knew of (the hub may hold those under their Msg-Id)."""
+    return max(next_seq, json.loads((tpl.dir / "state.json").read_text())["high"] + 1)
+
+
 def copy_of(tpl: Template, work: Path, last: bytes | None = None) -> Path:
     """A copy of the template stream in ``work`` whose last segment holds ``last`` (default:
     as in the template). Reusing ``work`` rewrites only the files a run can change: the state
@@ -392,21 +398,25 @@ def copy_of(tpl: Template, work: Path, last: bytes | None = None) -> Path:
 def test_torn_tail_at_every_byte_offset(template: Template, tmp_path: Path, no_fsync: None) -> None:
     """Whatever byte the last segment was cut at, the stream opens with exactly the messages
     of the frames complete before the cut, reports the bytes after them as lost, cuts them
-    off, and takes new appends that survive another reopen."""
+    off, and takes new appends that survive another reopen. The sequences of the lost
+    records are never given out again (the hub may hold them under their Nats-Msg-Id):
+    new appends continue after the last sequence the state file knew of."""
     full = template.frames[-1][0]
     work = tmp_path / "cut"
     data = (template.dir / template.last).read_bytes()
+    known = json.loads((template.dir / "state.json").read_text())["high"]
     for cut in range(len(MAGIC), full + 1):
         copy_of(template, work, data[:cut])
         last = work / template.last
         good, next_seq = max(f for f in template.frames if f[0] <= cut)
+        resume = max(next_seq, known + 1)
         s = FileStream(work)
         try:
             assert s.bytes_lost == cut - good, f"cut at {cut}"
             assert last.stat().st_size == good, f"cut at {cut}"
-            assert s.next_seq == next_seq, f"cut at {cut}"
+            assert s.next_seq == resume, f"cut at {cut}"
             assert read_all(s, 1, page=1000) == template.msgs[:next_seq - 1], f"cut at {cut}"
-            assert s.append(b"after.cut", b"ok", time_ms=T0) == next_seq
+            assert s.append(b"after.cut", b"ok", time_ms=T0) == resume
             s.flush()
         finally:
             s.close()
@@ -415,7 +425,7 @@ def test_torn_tail_at_every_byte_offset(template: Template, tmp_path: Path, no_f
             assert s.bytes_lost == 0, f"cut at {cut}"
             tail = s.read(next_seq - 2, 10)
             assert tail == template.msgs[next_seq - 3:next_seq - 1] + [
-                StoredMessage(next_seq, T0, b"after.cut", b"", b"ok")], f"cut at {cut}"
+                StoredMessage(resume, T0, b"after.cut", b"", b"ok")], f"cut at {cut}"
         finally:
             s.close()
 
@@ -431,8 +441,9 @@ def test_last_segment_cut_inside_its_magic(template: Template, tmp_path: Path, c
     s = FileStream(work)
     try:
         assert read_all(s, 1, page=1000) == template.msgs[:first_of_last - 1]
-        assert s.next_seq == first_of_last
-        assert s.append(b"after", b"synced", time_ms=T0) == first_of_last
+        after = resume(template, first_of_last)
+        assert s.next_seq == after
+        assert s.append(b"after", b"synced", time_ms=T0) == after
         s.flush()
         s.sync()
     finally:
@@ -440,7 +451,7 @@ def test_last_segment_cut_inside_its_magic(template: Template, tmp_path: Path, c
     s = FileStream(work)
     try:
         assert s.bytes_lost == 0
-        assert s.read(first_of_last) == [StoredMessage(first_of_last, T0, b"after", b"", b"synced")]
+        assert s.read(first_of_last) == [StoredMessage(after, T0, b"after", b"", b"synced")]
     finally:
         s.close()
 
@@ -465,7 +476,7 @@ def test_flipped_byte_in_the_newest_segment_cuts_from_that_frame(
         try:
             assert s.bytes_lost == full - start, f"byte {pos}"
             assert read_all(s, 1, page=1000) == template.msgs[:next_seq - 1], f"byte {pos}"
-            assert s.append(b"after", b"ok", time_ms=T0) == next_seq
+            assert s.append(b"after", b"ok", time_ms=T0) == resume(template, next_seq)
             s.flush()
         finally:
             s.close()
@@ -673,8 +684,8 @@ class Model:
             self.drop_to(self.next_seq - lim.max_msgs, "max_msgs")
 
     def ack(self, seq: int) -> None:
-        if seq > self.forwarded:
-            self.forwarded = min(seq, self.next_seq - 1)
+        if seq > self.forwarded:  # only written records can have been forwarded
+            self.forwarded = min(seq, self.next_seq - 1 - len(self.pending))
 
     def reopen(self) -> None:
         self.next_seq -= len(self.pending)
@@ -1243,4 +1254,19 @@ def test_a_full_disk_without_forwarded_history_is_an_error(tmp_path: Path,
     with pytest.raises(StoreError, match="No space left"):
         s.flush()
     assert s.bytes == size and s.next_seq == 2 and [m.payload for m in s.read(1)] == [b"kept"]
+    s.close()
+
+
+def test_discard_new_makes_room_from_a_forwarded_newest_segment(tmp_path: Path) -> None:
+    """With discard = "new", a newest segment that is entirely forwarded must not
+    block publishes for ever: it is sealed and removed to make room."""
+    s = FileStream(tmp_path, Limits(max_bytes=1024 * 1024, discard="new"))
+    s.append(b"big", b"x" * 1_040_000)
+    s.flush()
+    s.ack(s.written_seq)
+    for i in range(3):
+        s.append(b"small", b"y" * 9000)
+        s.flush()
+    assert s.bytes <= 1024 * 1024 and s.first_seq == 2
+    assert s.counters.rejected == 0
     s.close()

@@ -855,3 +855,28 @@ async def test_prefix_puts_site_name_in_front(tmp_path: Path) -> None:
                       subjects_of(acked, f"site.{LEAF_NAME}."))
     finally:
         cleanup(leaf, hub)
+
+
+async def test_publish_expectations_are_checked_locally(tmp_path: Path) -> None:
+    """``js.publish(..., stream=...)`` is about leaf's stream: the right name is
+    acked, another name is refused (JetStream's 10060), and the expectation
+    is never stored, so it cannot make the hub refuse the record later."""
+    leaf = launch_leaf(tmp_path, {"subjects": ["sensors.>"], "name": "EDGE"})
+    try:
+        nc = await connect(f"nats://127.0.0.1:{leaf.port}")
+        try:
+            js = nc.jetstream()
+            ack = await js.publish("sensors.a", b"kept", stream="EDGE")
+            assert (ack.stream, ack.seq) == ("EDGE", 1)
+            with pytest.raises(APIError) as info:
+                await js.publish("sensors.a", b"refused", stream="ORDERS")
+            assert info.value.err_code == 10060
+        finally:
+            await nc.close()
+    finally:
+        leaf.stop()
+    stored = FileStream(leaf.dir, read_only=True)
+    try:
+        assert [(m.payload, m.headers) for m in stored.read(1, 10)] == [(b"kept", b"")]
+    finally:
+        stored.close()

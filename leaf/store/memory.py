@@ -4,7 +4,6 @@ for tests and for a gateway configured without a store directory."""
 from __future__ import annotations
 
 import secrets
-from collections import deque
 
 from leaf.store.record import StoredMessage
 from leaf.store.stream import Limits, Retention, StreamCounters
@@ -24,7 +23,8 @@ class MemoryStream(Retention):
         self.first_seq = 1
         self.next_seq = 1
         self.forwarded = 0
-        self._held: deque[StoredMessage] = deque()
+        self._held: list[StoredMessage] = []  # from index _head on
+        self._head = 0
         self._pending: list[StoredMessage] = []
         self._pending_size = 0
         self._bytes = 0
@@ -67,19 +67,23 @@ class MemoryStream(Retention):
         self.counters.syncs += 1
 
     def read(self, from_seq: int, max_msgs: int = 256) -> list[StoredMessage]:
-        held = self._held
-        if not held:
+        held, head = self._held, self._head
+        if head >= len(held):
             return []
-        start = max(from_seq, held[0].seq) - held[0].seq
-        return [held[i] for i in range(start, min(start + max_msgs, len(held)))]
+        start = head + max(from_seq, held[head].seq) - held[head].seq
+        return held[start:start + max_msgs]
 
     def _unit_end(self) -> int | None:
-        return self._held[0].seq + 1 if self._held else None
+        return self._held[self._head].seq + 1 if self._head < len(self._held) else None
 
     def _forget_before(self, seq: int) -> None:
         held = self._held
-        while held and held[0].seq < seq:
-            self._bytes -= _size(held.popleft())
+        while self._head < len(held) and held[self._head].seq < seq:
+            self._bytes -= _size(held[self._head])
+            self._head += 1
+        if self._head > 4096 and self._head * 2 > len(held):  # compact now and then
+            del held[:self._head]
+            self._head = 0
 
     def checkpoint(self) -> None:
         pass

@@ -45,6 +45,7 @@ class Segment:
         self._index_offsets: list[int] = []
         self._last_indexed = -INDEX_STEP
         self.scanned = False
+        self.damaged = False
 
     # -- opening -----------------------------------------------------------
     @classmethod
@@ -94,8 +95,9 @@ class Segment:
                 body, after = found
                 try:
                     first_seq, _, count, _ = frame_header(body)
-                    if first_seq != self.next_seq:
-                        break  # not the frame that must come next: treat as torn
+                    if first_seq < self.next_seq:
+                        break  # not a frame that can come next: treat as torn
+                    # (a gap is allowed: sequences skipped after a tail was lost)
                     scan_definitions(body, self.subjects)
                 except StoreError:
                     break
@@ -103,6 +105,8 @@ class Segment:
                 self.next_seq = first_seq + count
                 good = after
         lost = self.size - good
+        # Unreadable bytes left in place (a read-only look, or a sealed segment).
+        self.damaged = bool(lost) and not repair
         if repair and (lost or good == 0):
             os.ftruncate(self.fd, good)
             if good == 0:

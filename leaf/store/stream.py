@@ -39,6 +39,7 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 LOCK_FILE = "lock"
 MIN_SEGMENT = 64 * 1024
 MAX_FRAME_BODY = 64 * 1024  # a group commit larger than this is cut into several frames
+EXPIRE_BUDGET = 16384  # records max_age looks at per call, so the event loop never stalls
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class Retention:
 
     limits: Limits
     counters: StreamCounters
+    stream_id: str
     first_seq: int
     next_seq: int  # includes appended messages not yet flushed
     forwarded: int
@@ -120,7 +122,7 @@ class Retention:
     def ack(self, seq: int) -> None:
         """Everything up to ``seq`` reached upstream."""
         if seq > self.forwarded:
-            self.forwarded = min(seq, self.next_seq - 1)
+            self.forwarded = min(seq, self.written_seq)
 
     @property
     def backlog(self) -> int:
@@ -139,10 +141,17 @@ class Retention:
         if lim.max_bytes:
             while self.bytes + size > lim.max_bytes:
                 end = self._unit_end()
+                if end is None and self._roll_forwarded():
+                    continue
                 if end is None or end > self.forwarded + 1:
                     self.counters.rejected += 1
                     raise StoreError("maximum bytes exceeded")
                 self._drop_to(end, "max_bytes")
+
+    def _roll_forwarded(self) -> bool:
+        """Start a new unit when the only one is entirely forwarded, so that it
+        can be removed (FileStream: a segment); whether that happened."""
+        return False
 
     def _enforce_limits(self) -> None:
         """discard = "old": drop the oldest records until the limits hold."""
@@ -167,16 +176,24 @@ class Retention:
         stop = self.next_seq - self._frame_count
         if lim.age_needs_forward:
             stop = min(stop, self.forwarded + 1)
-        seq = self.first_seq
-        while seq < stop:
-            batch = self.read(seq, 1024)
+        seq = self._expired_units(horizon, stop)
+        budget = EXPIRE_BUDGET  # records looked at per call: the rest waits for the next
+        while seq < stop and budget > 0:
+            batch = self.read(seq, min(1024, budget))
             if not batch:
                 break
+            budget -= len(batch)
             for m in batch:
                 if m.seq >= stop or m.time_ms > horizon:
                     return self._drop_to(m.seq, "max_age")
             seq = batch[-1].seq + 1
         return self._drop_to(min(seq, stop), "max_age")
+
+    def _expired_units(self, horizon: int, stop: int) -> int:
+        """Where expiry can start without reading: whole units whose successor
+        begins with an expired record are expired too (times are
+        non-decreasing in practice; a clock step only delays the expiry)."""
+        return self.first_seq
 
     def _drop_to(self, new_first: int, reason: str) -> int:
         """Forget every record before ``new_first``; returns how many went."""
@@ -216,6 +233,12 @@ class FileStream(Retention):
         last = self.segments[-1]
         self.first_seq = max(int(state.get("first_seq", 1)), self.segments[0].first_seq)
         self.next_seq = last.next_seq
+        # Sequences known to have existed are never given out again, even if
+        # their records were lost with a cut tail: the hub may hold them under
+        # their Nats-Msg-Id and would drop a new record reusing one.
+        high = max(int(state.get("forwarded", 0)), int(state.get("high", 0)))
+        if high >= self.next_seq and not read_only:
+            self.next_seq = high + 1
         self.first_seq = min(self.first_seq, self.next_seq)
         self.forwarded = min(int(state.get("forwarded", 0)), self.next_seq - 1)
         self._saved_state: dict[str, Any] = {}
@@ -269,6 +292,7 @@ class FileStream(Retention):
         # Only the newest segment can end in a torn write (older ones were
         # fsynced before it was created): check it frame by frame.
         self.bytes_lost = self.segments[-1].scan(repair=not self.read_only)
+        self.segments[-1].damaged = False  # its torn tail is reported, and reads stop before it
 
     # -- writing -----------------------------------------------------------
     def append(self, subject: bytes, payload: bytes, headers: bytes = b"",
@@ -343,6 +367,14 @@ class FileStream(Retention):
         self._enforce_limits()
         return self.next_seq - 1
 
+    def _roll_forwarded(self) -> bool:
+        seg = self.segments[-1]
+        if self._frame is not None or seg.next_seq == seg.first_seq \
+                or seg.next_seq - 1 > self.forwarded:
+            return False
+        self._roll()
+        return True
+
     def _free_forwarded(self) -> bool:
         """Delete the oldest segments whose records were all forwarded; whether any went."""
         freed = False
@@ -365,7 +397,12 @@ class FileStream(Retention):
         old = self.segments[-1]
         with self._lock:
             old.sync()
-        new = Segment.create(self.dir, self.next_seq)
+        try:
+            new = Segment.create(self.dir, self.next_seq)
+        except StoreError as exc:
+            if getattr(exc, "errno", None) not in _DISK_FULL or not self._free_forwarded():
+                raise
+            new = Segment.create(self.dir, self.next_seq)
         with self._lock:
             self.segments.append(new)
         try:
@@ -378,6 +415,17 @@ class FileStream(Retention):
     @property
     def bytes(self) -> int:
         return sum(s.size for s in self.segments)
+
+    def _expired_units(self, horizon: int, stop: int) -> int:
+        seq = self.first_seq
+        for nxt in self.segments[1:]:
+            if nxt.first_seq > stop or nxt.first_seq <= seq:
+                break
+            first = nxt.read(nxt.first_seq, 1)
+            if not first or first[0].time_ms > horizon:
+                break
+            seq = nxt.first_seq
+        return seq
 
     def _unit_end(self) -> int | None:
         """Where the oldest removable unit (a whole segment) ends."""
@@ -400,21 +448,24 @@ class FileStream(Retention):
         """Up to ``max_msgs`` written messages from ``from_seq`` on, in order."""
         seq = max(from_seq, self.first_seq)
         out: list[StoredMessage] = []
-        for i, seg in enumerate(self.segments):
+        segments = self.segments
+        for i, seg in enumerate(segments):
             if len(out) >= max_msgs:
                 break
-            end = self.segments[i + 1].first_seq if i + 1 < len(self.segments) else seg.next_seq
-            if seq >= end:
+            following = segments[i + 1].first_seq if i + 1 < len(segments) else None
+            if following is not None and seq >= following:
                 continue
             want = max_msgs - len(out)
             got = seg.read(seq, want)
             out += got
             if got:
                 seq = got[-1].seq + 1
-            if len(got) < want and seq < min(end, self.next_seq - self._frame_count):
+            if len(got) < want and seg.damaged:
                 # Records that must be there cannot be read: never skip them silently.
-                raise StoreError(f"{seg.path.name}: records {seq}..{end - 1} are unreadable "
+                raise StoreError(f"{seg.path.name}: records from {seq} on are unreadable "
                                  "(the file is damaged)")
+            if following is not None:
+                seq = max(seq, following)
         return out
 
     def checkpoint(self) -> None:
@@ -422,7 +473,7 @@ class FileStream(Retention):
         if self.read_only:
             return
         state = {"stream_id": self.stream_id, "first_seq": self.first_seq,
-                 "forwarded": self.forwarded}
+                 "forwarded": self.forwarded, "high": self.written_seq}
         if state == self._saved_state:
             return
         _replace_file(self.dir / STATE_FILE, json.dumps(state).encode())
@@ -432,8 +483,8 @@ class FileStream(Retention):
         if not self.read_only:
             try:
                 self.checkpoint()
-            except OSError:
-                pass
+            except (OSError, StoreError):
+                pass  # the previous state stays valid; files and the lock are released anyway
         with self._lock:
             for seg in self.segments:
                 seg.close()
