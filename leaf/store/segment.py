@@ -68,15 +68,26 @@ class Segment:
 
     @classmethod
     def open(cls, path: Path, writable: bool) -> Segment:
+        """A writable segment gets its descriptor now; a sealed one only when
+        read (a long stream must not hold a descriptor per segment)."""
         first_seq = int(path.name[: -len(SUFFIX)])
-        flags = os.O_RDWR | os.O_APPEND if writable else os.O_RDONLY
-        fd = os.open(path, flags)
+        if not writable:
+            return cls(path, first_seq, -1, path.stat().st_size)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND)
         return cls(path, first_seq, fd, os.fstat(fd).st_size)
+
+    def _ensure_open(self) -> None:
+        if self.fd < 0:
+            try:
+                self.fd = os.open(self.path, os.O_RDONLY)
+            except OSError as exc:
+                raise _store_error(exc, f"opening {self.path.name}") from None
 
     def scan(self, repair: bool) -> int:
         """Walk every frame: rebuild the index, the subject table and next_seq.
         With ``repair`` a torn or corrupt tail is cut off; returns the bytes
         cut (or, without repair, found unreadable)."""
+        self._ensure_open()
         data = _read_all(self.fd, self.size)
         self.ids.clear()
         self.subjects.clear()
@@ -173,6 +184,7 @@ class Segment:
     # -- reading -----------------------------------------------------------
     def read(self, from_seq: int, max_msgs: int) -> list[StoredMessage]:
         """Up to ``max_msgs`` messages from ``from_seq`` on (within this segment)."""
+        self._ensure_open()
         if not self.scanned:
             self.scan(repair=False)
         if from_seq >= self.next_seq:

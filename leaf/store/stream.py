@@ -39,6 +39,7 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 LOCK_FILE = "lock"
 MIN_SEGMENT = 64 * 1024
 MAX_FRAME_BODY = 64 * 1024  # a group commit larger than this is cut into several frames
+OPEN_SEALED = 4  # sealed segments that keep a file descriptor
 EXPIRE_BUDGET = 16384  # records max_age looks at per call, so the event loop never stalls
 
 
@@ -242,6 +243,7 @@ class FileStream(Retention):
         self.first_seq = min(self.first_seq, self.next_seq)
         self.forwarded = min(int(state.get("forwarded", 0)), self.next_seq - 1)
         self._saved_state: dict[str, Any] = {}
+        self._open_sealed: list[Segment] = []  # sealed segments with a descriptor, LRU
         self._frame: FrameWriter | None = None  # the frame being filled
         self._full_frames: list[FrameWriter] = []  # filled, written with it at the next flush
         self._full_bytes = 0
@@ -396,7 +398,8 @@ class FileStream(Retention):
         be torn) and start the next."""
         old = self.segments[-1]
         with self._lock:
-            old.sync()
+            if old.fd >= 0:
+                old.sync()
         try:
             new = Segment.create(self.dir, self.next_seq)
         except StoreError as exc:
@@ -405,6 +408,7 @@ class FileStream(Retention):
             new = Segment.create(self.dir, self.next_seq)
         with self._lock:
             self.segments.append(new)
+            old.close()  # sealed: reopened read-only when read
         try:
             _fsync_dir(self.dir)
         except OSError as exc:
@@ -422,6 +426,8 @@ class FileStream(Retention):
             if nxt.first_seq > stop or nxt.first_seq <= seq:
                 break
             first = nxt.read(nxt.first_seq, 1)
+            if nxt is not self.segments[-1]:
+                self._keep_open(nxt)
             if not first or first[0].time_ms > horizon:
                 break
             seq = nxt.first_seq
@@ -436,6 +442,8 @@ class FileStream(Retention):
         removed = False
         while len(self.segments) > 1 and self.segments[1].first_seq <= seq:
             old = self.segments.pop(0)
+            if old in self._open_sealed:
+                self._open_sealed.remove(old)
             with self._lock:
                 old.close()
             old.path.unlink(missing_ok=True)
@@ -457,6 +465,8 @@ class FileStream(Retention):
                 continue
             want = max_msgs - len(out)
             got = seg.read(seq, want)
+            if following is not None:
+                self._keep_open(seg)
             out += got
             if got:
                 seq = got[-1].seq + 1
@@ -467,6 +477,17 @@ class FileStream(Retention):
             if following is not None:
                 seq = max(seq, following)
         return out
+
+    def _keep_open(self, seg: Segment) -> None:
+        """At most OPEN_SEALED sealed segments keep a descriptor (the most recently read)."""
+        recent = self._open_sealed
+        if seg in recent:
+            recent.remove(seg)
+        recent.append(seg)
+        while len(recent) > OPEN_SEALED:
+            old = recent.pop(0)
+            with self._lock:
+                old.close()
 
     def checkpoint(self) -> None:
         """Persist the cursor and the first sequence (temp file, fsync, rename)."""
