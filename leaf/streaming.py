@@ -89,6 +89,7 @@ class StreamIngest:
         self.on_written: list[Callable[[], None]] = []
         self._timers: dict[str, asyncio.TimerHandle] = {}  # one pending handle per task
         self._sync_retry_at = 0.0  # after a failed fsync: not before this (monotonic)
+        self._checkpointing = False
         self._closed = False
 
     def start(self) -> None:
@@ -272,10 +273,18 @@ class StreamIngest:
 
     # -- housekeeping --------------------------------------------------------
     def _checkpoint(self) -> None:
-        try:
-            self.stream.checkpoint()
-        except StoreError as exc:
-            log.error("stream: cannot save the forward cursor: %s", exc)
+        """Save the cursor in a worker thread: its fsyncs must not stall the loop."""
+        if self._checkpointing:
+            return
+        self._checkpointing = True
+
+        def done(f: asyncio.Future[None]) -> None:
+            self._checkpointing = False
+            exc = f.exception()
+            if exc is not None:
+                log.error("stream: cannot save the forward cursor: %s", exc)
+        asyncio.get_running_loop().run_in_executor(None, self.stream.checkpoint) \
+            .add_done_callback(done)
 
     def _expire(self) -> None:
         dropped = self.stream.expire(int(time.time() * 1000))

@@ -1270,3 +1270,23 @@ def test_discard_new_makes_room_from_a_forwarded_newest_segment(tmp_path: Path) 
     assert s.bytes <= 1024 * 1024 and s.first_seq == 2
     assert s.counters.rejected == 0
     s.close()
+
+
+def test_sealed_segments_are_read_through_their_index_file(tmp_path: Path) -> None:
+    """A sealed segment leaves an index file (subjects and frame positions), so
+    reading it later needs no scan; a missing or damaged index file only means
+    a scan, never wrong data."""
+    s = FileStream(tmp_path, Limits(segment_size=64 * 1024))
+    msgs = [sensor(i + 1, size=60) for i in range(4000)]
+    append_all(s, msgs, frame=50)
+    s.close()
+    indexes = sorted(tmp_path.glob("*.idx"))
+    assert len(indexes) == len(seg_files(tmp_path)) - 1 >= 2
+    indexes[0].write_bytes(indexes[0].read_bytes()[:-3] + b"bad")  # damaged
+    indexes[1].unlink()  # missing
+    s = FileStream(tmp_path)
+    try:
+        assert read_all(s, 1, page=333) == msgs
+        assert s.read(2500, 3) == msgs[2499:2502]
+    finally:
+        s.close()

@@ -13,17 +13,21 @@ from __future__ import annotations
 import bisect
 import errno
 import os
+import struct
+import zlib
 from pathlib import Path
 
 from leaf.errors import StoreError
 from leaf.store.record import (
     FRAME_HEAD, MAGIC, FrameWriter, StoredMessage, decode_frame, frame_at, frame_header,
-    scan_definitions,
+    get_varint, put_varint, scan_definitions,
 )
 
 INDEX_STEP = 4096
 READ_CHUNK = 256 * 1024
 SUFFIX = ".seg"
+INDEX_SUFFIX = ".idx"
+INDEX_MAGIC = b"LEAFIDX\x01"
 
 
 def segment_name(first_seq: int) -> str:
@@ -75,6 +79,70 @@ class Segment:
             return cls(path, first_seq, -1, path.stat().st_size)
         fd = os.open(path, os.O_RDWR | os.O_APPEND)
         return cls(path, first_seq, fd, os.fstat(fd).st_size)
+
+    # -- the index file of a sealed segment -----------------------------------
+    @property
+    def index_path(self) -> Path:
+        return self.path.with_suffix(INDEX_SUFFIX)
+
+    def write_index(self) -> None:
+        """Save the subject table and the sparse index next to a sealed
+        segment, so a later read does not scan it (best effort: without a
+        valid index file the segment is simply scanned)."""
+        out = bytearray(INDEX_MAGIC)
+        for value in (self.next_seq, self.size, len(self.subjects)):
+            put_varint(out, value)
+        for sid in range(len(self.subjects)):
+            subject = self.subjects[sid]
+            put_varint(out, len(subject))
+            out += subject
+        put_varint(out, len(self._index_seqs))
+        for seq, offset in zip(self._index_seqs, self._index_offsets):
+            put_varint(out, seq)
+            put_varint(out, offset)
+        out += struct.pack("<I", zlib.crc32(out))
+        try:
+            self.index_path.write_bytes(bytes(out))
+        except OSError:
+            self.index_path.unlink(missing_ok=True)
+
+    def load_index(self) -> bool:
+        """Take the subject table and index from the index file if it matches
+        this segment; False when there is none usable (then scan)."""
+        try:
+            data = self.index_path.read_bytes()
+        except OSError:
+            return False
+        if not data.startswith(INDEX_MAGIC) or len(data) < len(INDEX_MAGIC) + 4 or \
+                struct.unpack("<I", data[-4:])[0] != zlib.crc32(data[:-4]):
+            return False
+        try:
+            pos = len(INDEX_MAGIC)
+            next_seq, pos = get_varint(data, pos)
+            size, pos = get_varint(data, pos)
+            if size != self.size:
+                return False
+            count, pos = get_varint(data, pos)
+            subjects = {}
+            for sid in range(count):
+                n, pos = get_varint(data, pos)
+                subjects[sid] = data[pos:pos + n]
+                pos += n
+            count, pos = get_varint(data, pos)
+            seqs, offsets = [], []
+            for _ in range(count):
+                seq, pos = get_varint(data, pos)
+                offset, pos = get_varint(data, pos)
+                seqs.append(seq)
+                offsets.append(offset)
+        except StoreError:
+            return False
+        self.next_seq = next_seq
+        self.subjects = subjects
+        self.ids = {s: i for i, s in subjects.items()}
+        self._index_seqs, self._index_offsets = seqs, offsets
+        self.scanned = True
+        return True
 
     def _ensure_open(self) -> None:
         if self.fd < 0:
@@ -185,7 +253,7 @@ class Segment:
     def read(self, from_seq: int, max_msgs: int) -> list[StoredMessage]:
         """Up to ``max_msgs`` messages from ``from_seq`` on (within this segment)."""
         self._ensure_open()
-        if not self.scanned:
+        if not self.scanned and not self.load_index():
             self.scan(repair=False)
         if from_seq >= self.next_seq:
             return []

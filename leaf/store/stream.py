@@ -220,6 +220,7 @@ class FileStream(Retention):
         self.read_only = read_only
         self.counters = StreamCounters()
         self._lock = threading.Lock()  # sync() runs in a thread; close/rotate must not race it
+        self._state_lock = threading.Lock()  # checkpoint() may run in a thread too
         self._lock_fd = -1
         if not read_only:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -406,6 +407,7 @@ class FileStream(Retention):
             if getattr(exc, "errno", None) not in _DISK_FULL or not self._free_forwarded():
                 raise
             new = Segment.create(self.dir, self.next_seq)
+        old.write_index()
         with self._lock:
             self.segments.append(new)
             old.close()  # sealed: reopened read-only when read
@@ -447,6 +449,7 @@ class FileStream(Retention):
             with self._lock:
                 old.close()
             old.path.unlink(missing_ok=True)
+            old.index_path.unlink(missing_ok=True)
             removed = True
         if removed:
             _fsync_dir(self.dir)
@@ -495,10 +498,11 @@ class FileStream(Retention):
             return
         state = {"stream_id": self.stream_id, "first_seq": self.first_seq,
                  "forwarded": self.forwarded, "high": self.written_seq}
-        if state == self._saved_state:
-            return
-        _replace_file(self.dir / STATE_FILE, json.dumps(state).encode())
-        self._saved_state = state
+        with self._state_lock:  # also called from a worker thread
+            if state == self._saved_state:
+                return
+            _replace_file(self.dir / STATE_FILE, json.dumps(state).encode())
+            self._saved_state = state
 
     def close(self) -> None:
         if not self.read_only:
