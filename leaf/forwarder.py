@@ -327,7 +327,11 @@ class Forwarder:
         self._retry = asyncio.get_running_loop().call_later(delay, again)
 
     def _log_once(self, key: str, text: str) -> None:
+        """Each kind of trouble is logged once (an SD card is no place for a
+        line per retry); /streamz keeps the counts and the last error."""
         if key not in self._logged:
+            if len(self._logged) > 1000:
+                self._logged.clear()
             self._logged.add(key)
             log.warning(text)
 

@@ -352,12 +352,12 @@ class LeafLink(asyncio.Protocol):
                 self.out_bytes, self.dropped)
 
     def _slow_consumer(self, why: str) -> None:
-        """The hub's guard found our queue over max_pending in a wide fan-out:
-        drop what is queued for the hub rather than the link."""
-        self.out = bytearray()
-        self.iov = []
-        if not self.dropping:
-            self.pause_writing()
+        """The hub's guard found our queue over max_pending in a wide fan-out.
+        The queue also holds control lines (interest, PINGs whose PONGs are
+        awaited), so it cannot be cut: the link is dropped and re-dialled,
+        which re-announces everything."""
+        log.warning("uplink: %s; dropping the link", why)
+        self.close(f"outbound queue over its limit ({why})")
 
     def oversize(self, size: int) -> None:
         """A message for the hub was larger than its max_payload: counted, logged

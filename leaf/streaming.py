@@ -6,8 +6,8 @@ batch of input are written with one ``write`` (group commit). A publish with
 a reply subject gets a JetStream PubAck — ``{"stream":…,"seq":…}`` or the
 JetStream error JSON — only once its record is durable under the fsync
 policy: written (survives ``kill -9``) for an interval or ``never``, fsynced
-for ``always``. fsyncs run in a worker thread so the loop never waits on the
-disk; concurrent publishers share one. A full disk rolls the batch back,
+for ``always``. fsyncs and cursor checkpoints run in a worker thread, so the
+loop only ever writes to the page cache; concurrent publishers share one fsync. A full disk rolls the batch back,
 answers its publishers with an error, is logged once and counted, and the
 next batch simply tries again.
 """

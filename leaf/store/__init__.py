@@ -8,6 +8,4 @@ from leaf.store.memory import MemoryStream
 from leaf.store.record import StoredMessage
 from leaf.store.stream import FileStream, Limits, Retention
 
-Stream = Retention
-
-__all__ = ["FileStream", "Limits", "MemoryStream", "Retention", "StoredMessage", "Stream"]
+__all__ = ["FileStream", "Limits", "MemoryStream", "Retention", "StoredMessage"]

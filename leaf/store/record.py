@@ -1,7 +1,7 @@
 """The on-disk record format of the stream, as pure functions.
 
-A segment file is an 8-byte magic followed by frames. A frame is what one
-write puts on disk (a group commit):
+A segment file is an 8-byte magic followed by frames. A group commit is
+one write of one or more frames (a frame holds at most ~64 KiB of entries):
 
     u32 body length | u32 CRC-32 of the body | body
 
