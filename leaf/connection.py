@@ -420,20 +420,10 @@ class ClientConnection(asyncio.Protocol):
             self.hub.queue(self)
 
     def flush(self) -> None:
-        self.queued = False
-        out = self.out
-        iov = self.iov
-        if not out and not iov:
+        taken = take_output(self)
+        if taken is None:
             return
-        transport = self.transport
-        if self.closed or transport is None:
-            out.clear()
-            iov.clear()
-            return
-        if self._tls_pending:
-            return
-        self.out = bytearray()
-        self.iov = []
+        transport, out, iov = taken
         self._queued_bytes += hand_over(transport, out, iov)
         if transport.get_write_buffer_size() > self.server.options.max_pending:
             self._slow_consumer("pending bytes over max_pending")
@@ -528,6 +518,26 @@ def set_up_socket(transport: asyncio.BaseTransport, high: int, low: int) -> tupl
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     transport.set_write_buffer_limits(high=high, low=low)  # type: ignore[attr-defined]
     return peer[0], peer[1]
+
+
+def take_output(rcv: Any) -> tuple[asyncio.Transport, bytearray, list[bytes]] | None:
+    """A receiver's queued output, taken off it to be written: (transport,
+    out, iov); None when there is nothing to write yet (the TLS switch is
+    still under way) or nowhere to write it (closed: the output is dropped)."""
+    rcv.queued = False
+    out, iov = rcv.out, rcv.iov
+    if not out and not iov:
+        return None
+    transport = rcv.transport
+    if rcv.closed or transport is None:
+        out.clear()
+        iov.clear()
+        return None
+    if rcv._tls_pending:
+        return None
+    rcv.out = bytearray()
+    rcv.iov = []
+    return transport, out, iov
 
 
 def hand_over(transport: asyncio.Transport, out: bytearray, iov: list[bytes]) -> int:

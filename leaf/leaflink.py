@@ -18,7 +18,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
-from leaf.connection import hand_over, set_up_socket
+from leaf.connection import hand_over, set_up_socket, take_output
 from leaf.errors import ProtocolError
 from leaf.hub import Subscription
 from leaf.interest import Change
@@ -319,22 +319,10 @@ class LeafLink(asyncio.Protocol):
             self.hub.queue(self)
 
     def flush(self) -> None:
-        self.queued = False
-        out, iov = self.out, self.iov
-        if not out and not iov:
+        taken = take_output(self)
+        if taken is None or self.dropping:  # dropped messages are counted when asked
             return
-        transport = self.transport
-        if self.closed or transport is None:
-            out.clear()
-            iov.clear()
-            return
-        if self._tls_pending:
-            return
-        self.out = bytearray()
-        self.iov = []
-        if self.dropping:  # counted when the dropping ends (or when asked)
-            return
-        hand_over(transport, out, iov)
+        hand_over(*taken)
 
     def _delivered(self) -> int:
         return self._retired + sum(s.delivered for s in self.remote.values())
