@@ -26,6 +26,7 @@ from leaf.subjects import SubjectIndex, is_literal
 
 CRLF = b"\r\n"
 ROUTE_CACHE_SIZE = 65536
+INBOX_CACHE_SIZE = 4096
 CACHED_SUBJECT_MAX = 256
 # From this payload size on, batches go out by reference (writev) instead of
 # being copied into the receiver's buffer.
@@ -108,6 +109,7 @@ class Hub:
     ) -> None:
         self.index: SubjectIndex[Subscription] = SubjectIndex()
         self._routes: dict[bytes, _Route] = {}
+        self._inbox_routes: dict[bytes, _Route] = {}
         self.dirty: list[Receiver] = []
         # on_dirty: schedule a flush (idempotent); on_overflow: a receiver's
         # queue passed max_pending in the middle of a wide fan-out.
@@ -143,8 +145,10 @@ class Hub:
     def _forget(self, subject: bytes) -> None:
         if is_literal(subject):
             self._routes.pop(subject, None)
+            self._inbox_routes.pop(subject, None)
         else:
             self._routes.clear()
+            self._inbox_routes.clear()
 
     @property
     def cached_routes(self) -> int:
@@ -153,6 +157,7 @@ class Hub:
     def forget_routes(self) -> None:
         """Routing inputs changed outside add/remove (a remote ``denied`` rule)."""
         self._routes.clear()
+        self._inbox_routes.clear()
 
     def has_interest(self, subject: bytes) -> bool:
         plain, groups, uplink = self._route(subject)
@@ -160,6 +165,8 @@ class Hub:
 
     def _route(self, subject: bytes) -> _Route:
         route = self._routes.get(subject)
+        if route is None:
+            route = self._inbox_routes.get(subject)
         if route is not None:
             return route
         plain: list[_Entry] = []
@@ -194,12 +201,15 @@ class Hub:
                  + tuple(((), e) for e in remote_groups.values()), uplink)
         if not route[0] and not route[1]:
             route = _NO_ROUTE
-        # Bounded in bytes too; and reply inboxes (each used once, for a
-        # PubAck or a response) would only push the hot routes out.
-        if len(subject) <= CACHED_SUBJECT_MAX and not subject.startswith(b"_INBOX."):
-            if len(self._routes) >= ROUTE_CACHE_SIZE:
-                self._routes.clear()
-            self._routes[subject] = route
+        if len(subject) <= CACHED_SUBJECT_MAX:  # bounds the cache in bytes too
+            # Reply inboxes (most used once, for a PubAck or a response) get
+            # a small cache of their own, so they never push the hot routes out.
+            inbox = subject.startswith(b"_INBOX.")
+            cache, limit = (self._inbox_routes, INBOX_CACHE_SIZE) if inbox else \
+                (self._routes, ROUTE_CACHE_SIZE)
+            if len(cache) >= limit:
+                cache.clear()
+            cache[subject] = route
         return route
 
     def publish(
