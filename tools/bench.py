@@ -675,10 +675,26 @@ def arg_parser(uplink_doc: str = "") -> argparse.ArgumentParser:
     return ap
 
 
+def leaf_command(args: argparse.Namespace) -> list[str]:
+    """leaf's command line ({port} filled in later): --leaf-cmd or the default."""
+    return shlex.split(args.leaf_cmd) if args.leaf_cmd else [
+        sys.executable, "-m", "leaf", "run", "-a", "127.0.0.1", "-p", "{port}"]
+
+
+def run_config(args: argparse.Namespace) -> tuple[Config, int]:
+    """The measurement settings from the common options: (config, runs). By
+    default the client gets the last CPU and the servers the others."""
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = not args.no_pin and len(cpus) > 1
+    cfg = Config(scale=args.scale, quick=args.quick, stall=args.stall,
+                 client_cpus={cpus[-1]} if pin else None,
+                 server_cpus=set(cpus[:-1]) if pin else None)
+    return cfg, args.runs or (1 if args.quick else 3)
+
+
 def make_specs(args: argparse.Namespace, nats_path: str) -> list[ServerSpec]:
     nats = ServerSpec("nats-server", [nats_path, "-a", "127.0.0.1", "-p", "{port}"])
-    leaf = ServerSpec("leaf", shlex.split(args.leaf_cmd) if args.leaf_cmd else [
-        sys.executable, "-m", "leaf", "run", "-a", "127.0.0.1", "-p", "{port}"])
+    leaf = ServerSpec("leaf", leaf_command(args))
     return {"nats": [nats], "leaf": [leaf]}.get(args.only or "", [nats, leaf])
 
 
@@ -691,12 +707,7 @@ def main(argv: list[str] | None = None) -> int:
         import bench_stream   # tools/ is on sys.path when run as a script
         return bench_stream.main([a for a in argv if a != "--stream"])
     args = arg_parser().parse_args(argv)
-    cpus = sorted(os.sched_getaffinity(0))
-    pin = not args.no_pin and len(cpus) > 1
-    cfg = Config(scale=args.scale, quick=args.quick, stall=args.stall,
-                 client_cpus={cpus[-1]} if pin else None,
-                 server_cpus=set(cpus[:-1]) if pin else None)
-    runs = args.runs or (1 if args.quick else 3)
+    cfg, runs = run_config(args)
     nats_path = nats_server_path()
     specs = make_specs(args, nats_path)
     wls = [w for w in build_workloads(cfg) if not args.filter or args.filter in w.name]

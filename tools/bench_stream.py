@@ -493,15 +493,9 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cpus = sorted(os.sched_getaffinity(0))
-    pin = not args.no_pin and len(cpus) > 1
-    cfg = Config(scale=args.scale, quick=args.quick, stall=args.stall,
-                 client_cpus={cpus[-1]} if pin else None,
-                 server_cpus=set(cpus[:-1]) if pin else None)
-    runs = args.runs or (1 if args.quick else 3)
+    cfg, runs = bench.run_config(args)
     nats = bench.nats_server_path()
-    leaf_argv = shlex.split(args.leaf_cmd) if args.leaf_cmd else [
-        sys.executable, "-m", "leaf", "run", "-a", "127.0.0.1", "-p", "{port}"]
+    leaf_argv = bench.leaf_command(args)
     kinds = {"nats": ("nats-server",), "leaf": ("leaf",)}.get(args.only or "", KINDS)
     env = Env(cfg, nats, leaf_argv, tempfile.mkdtemp(prefix="bench-stream-"),
               args.publishers, args.window, args.seconds or (3.0 if args.quick else 10.0),

@@ -479,15 +479,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cpus = sorted(os.sched_getaffinity(0))
-    pin = not args.no_pin and len(cpus) > 1
-    cfg = Config(scale=args.scale, quick=args.quick, stall=args.stall,
-                 client_cpus={cpus[-1]} if pin else None,
-                 server_cpus=set(cpus[:-1]) if pin else None)
-    runs = args.runs or (1 if args.quick else 3)
+    cfg, runs = bench.run_config(args)
     nats = bench.nats_server_path()
-    leaf_argv = shlex.split(args.leaf_cmd) if args.leaf_cmd else [
-        sys.executable, "-m", "leaf", "run", "-a", "127.0.0.1", "-p", "{port}"]
+    leaf_argv = bench.leaf_command(args)
     kinds = {"nats": ["nats-leaf"], "leaf": ["leaf"]}.get(args.only or "", list(KINDS))
     wls = [w for w in build_workloads(cfg, args.down, args.quiet)
            if not args.filter or args.filter in w.name]
