@@ -29,6 +29,7 @@ class App:
         self.uplink = Uplink(cfg.upstream, self.server) if cfg.upstream is not None else None
         self.ingest: StreamIngest | None = None
         self.forwarder: Forwarder | None = None
+        self.serial_ports: list[Any] = []
         self.monitor: Monitor | None = None
         self._stop = asyncio.Event()
 
@@ -83,13 +84,30 @@ class App:
             self.ingest.on_written.append(self.forwarder.pump)
             self.forwarder.start()
 
+    def _start_serial(self) -> None:
+        """The serial sensor ports (imported only when configured: pyserial)."""
+        ports = self.cfg.serial
+        if not ports:
+            return
+        from leaf.bridges.serial import SerialPort
+
+        subjects = self.cfg.stream.subjects if self.cfg.stream is not None else ()
+
+        def stored(subject: bytes) -> bool:
+            return any(matches(p, subject) for p in subjects)
+        for options in ports:
+            port = SerialPort(options, self.server, stored)
+            self.serial_ports.append(port)
+            self.server.spawn(port.run())
+
     async def start(self) -> None:
         opts = self.cfg.server
         self._start_stream()  # before any client can publish to it
         # Monitoring first, as nats-server does: once clients can connect,
         # the endpoints that describe them answer too.
         if self.cfg.http_port is not None:
-            self.monitor = Monitor(self.server, self.uplink, self.stream_status)
+            self.monitor = Monitor(self.server, self.uplink, self.stream_status,
+                                   lambda: [p.status() for p in self.serial_ports])
             await self.monitor.start(self.cfg.http_host or opts.host, self.cfg.http_port)
             log.info("Starting http monitor on %s:%d", self.cfg.http_host or opts.host,
                      self.monitor.port)
@@ -97,6 +115,7 @@ class App:
         log.info("Listening for client connections on %s:%d", opts.host, self.server.port)
         if opts.tls is not None:
             log.info("TLS required for client connections")
+        self._start_serial()
         if self.uplink is not None:
             log.info("Leaf node uplink to %s as %r", ", ".join(str(u) for u in self.uplink.urls),
                      self.uplink.settings.name)
@@ -137,6 +156,8 @@ class App:
     async def close(self) -> None:
         if self.monitor is not None:
             await self.monitor.close()
+        for port in self.serial_ports:
+            await port.close()
         if self.forwarder is not None:
             self.forwarder.close()
         if self.uplink is not None:

@@ -13,13 +13,15 @@ import logging
 import sys
 from typing import Sequence
 
-from leaf import __version__, stream_cli
+from leaf import __version__, boards, stream_cli
 from leaf.errors import ConfigError, LeafError
 
 
 def _run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("run", help="run the broker (nats-server compatible flags)")
     p.add_argument("-c", "--config", help="leaf TOML configuration file")
+    p.add_argument("--board", metavar="NAME",
+                   help="apply a board profile under the config (leaf boards lists them)")
     p.add_argument("-a", "--addr", "--net", dest="host", help="bind to host address (default 127.0.0.1)")
     p.add_argument("-p", "--port", type=int, help="client port (default 4222; 0 picks a free port)")
     p.add_argument("-m", "--http_port", type=int, help="HTTP monitoring port")
@@ -51,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     stream_cli.add_parser(sub)
+    boards.add_parser(sub)
     return parser
 
 
@@ -73,7 +76,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from leaf import config
     from leaf.app import App
 
-    cfg = config.load(args.config) if args.config is not None else config.Config()
+    raw = config.read_toml(args.config) if args.config is not None else {}
+    board = args.board if args.board is not None else raw.get("board")
+    if args.board is not None:  # the flag wins over the file's board = "NAME"
+        raw = boards.with_board(raw, args.board, "--board")
+    cfg = config.from_dict(raw, str(args.config or ""))
     # Every flag goes to config.with_flags, which range-checks it and names it.
     cfg = config.with_flags(
         cfg, host=args.host, port=args.port, name=args.name, max_payload=args.max_payload,
@@ -96,6 +103,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except ImportError:
             pass
     logging.getLogger("leaf").info("Starting leaf %s", __version__)
+    if board is not None:
+        logging.getLogger("leaf").info("Board profile %s (its settings under the config's)",
+                                       board)
     try:
         runner(App(cfg).run())
     except OSError as exc:
@@ -111,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "stream":
             return stream_cli.run(args)
+        if args.command == "boards":
+            return boards.run(args)
     except ConfigError as exc:
         print(f"leaf: configuration error: {exc}", file=sys.stderr)
         return 2

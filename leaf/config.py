@@ -27,6 +27,7 @@ from leaf.proto.conn import Keepalive
 from leaf.server import ServerOptions
 
 if TYPE_CHECKING:
+    from leaf.serial_config import SerialOptions
     from leaf.stream_config import StreamOptions
     from leaf.upstream_config import UpstreamOptions
 
@@ -188,6 +189,7 @@ class Config:
     trace: bool = False
     upstream: UpstreamOptions | None = None
     stream: StreamOptions | None = None
+    serial: tuple[SerialOptions, ...] = ()
     source: str = field(default="", compare=False)
 
     def authenticator(self) -> Authenticator:
@@ -250,6 +252,11 @@ def _table(raw: Any, where: str, allowed: set[str]) -> dict[str, Any]:
 
 def load(path: str | Path) -> Config:
     """Read a TOML file into a Config."""
+    return from_dict(read_toml(path), str(path))
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The raw tables of a TOML config file (cli.py merges a board profile under them)."""
     if not str(path):
         raise ConfigError("-c/--config: is empty (give the path of a TOML file)")
     try:
@@ -266,7 +273,7 @@ def load(path: str | Path) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
-    return from_dict(raw, str(path))
+    return raw
 
 
 def from_dict(raw: dict[str, Any], source: str = "") -> Config:
@@ -275,7 +282,12 @@ def from_dict(raw: dict[str, Any], source: str = "") -> Config:
     from leaf.stream_config import parse_stream
     from leaf.upstream_config import parse_upstream
 
-    _table(raw, "config", {"server", "authorization", "tls", "log", "upstream", "stream"})
+    _table(raw, "config", {"server", "authorization", "tls", "log", "upstream", "stream", "board",
+                           "serial"})
+    if "board" in raw:  # board = "NAME": that profile's settings under this file's
+        from leaf.boards import with_board
+
+        raw = with_board(raw, raw["board"], "board")
     server = _server_section(raw.get("server", {}))
     auth = _table(raw.get("authorization", {}), "authorization",
                   {"token", "user", "password", "users", "timeout"})
@@ -321,9 +333,16 @@ def from_dict(raw: dict[str, Any], source: str = "") -> Config:
         debug=_typed("bool", log.get("debug", False), "log.debug"),
         trace=_typed("bool", log.get("trace", False), "log.trace"),
         upstream=parse_upstream(raw["upstream"]) if "upstream" in raw else None,
-        stream=parse_stream(raw["stream"]) if "stream" in raw else None, source=source)
+        stream=parse_stream(raw["stream"]) if "stream" in raw else None,
+        serial=_serial(raw["serial"]) if "serial" in raw else (), source=source)
     cfg.authenticator()  # reject impossible combinations now, not at first CONNECT
     return cfg
+
+
+def _serial(raw: Any) -> tuple[Any, ...]:
+    from leaf.serial_config import parse_serial  # builds on this module's parsers
+
+    return parse_serial(raw)
 
 
 def _server_section(raw: Any) -> dict[str, Any]:
