@@ -1,0 +1,1 @@
+"""Bridges: other transports (serial sensors, MQTT) onto leaf's subjects."""
