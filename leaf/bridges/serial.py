@@ -22,6 +22,7 @@ import logging
 import math
 import secrets
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -70,7 +71,7 @@ class SerialPort:
         self._serial: Any = None
         self._closing = False
         self._write_lock = threading.Lock()
-        self._devices: dict[str, tuple[int, int]] = {}  # device -> (boot, last seq)
+        self._devices: dict[str, _Seen] = {}
         self._pending: dict[bytes, list[Any]] = {}  # ack token -> [device, seq, PubAcks owed]
         self._inbox = b"_INBOX.%s." % secrets.token_hex(6).encode()
         self._ack_sub = Subscription(self._inbox + b"*", b"", None, callback=self._pub_ack,
@@ -189,21 +190,26 @@ class SerialPort:
     def _reading(self, r: Reading) -> None:
         c = self.counters
         c.frames += 1
-        known = self._devices.get(r.device)
-        if known is not None:
-            boot, last = known
-            if boot != r.boot:
+        seen = self._devices.get(r.device)
+        if seen is None or seen.boot != r.boot:
+            if seen is not None:
                 c.reboots += 1
-            elif (r.seq - last) % (1 << 32) > (1 << 31) or r.seq == last:
-                # A resend of what we already took (its ack was lost): ack again.
-                c.duplicates += 1
-                if r.ack and not any(p[0] == r.device and p[1] == r.seq
-                                     for p in self._pending.values()):
-                    self._send_ack(r.device, r.seq)
-                return
-            elif r.seq != (last + 1) % (1 << 32):
-                c.gaps += (r.seq - last - 1) % (1 << 32)
-        self._devices[r.device] = (r.boot, r.seq)
+            seen = self._devices[r.device] = _Seen(r.boot, r.seq)
+        elif r.seq in seen.taken:
+            # A resend of what we already took (its ack was lost): ack again.
+            c.duplicates += 1
+            if r.ack and not any(p[0] == r.device and p[1] == r.seq
+                                 for p in self._pending.values()):
+                self._send_ack(r.device, r.seq)
+            return
+        else:
+            ahead = (r.seq - seen.last) % (1 << 32)
+            if 0 < ahead < (1 << 31):
+                c.gaps += ahead - 1  # frames numbered in between have not come (yet)
+                seen.last = r.seq
+            elif c.gaps:
+                c.gaps -= 1  # a late frame (resent after a later one) fills a gap
+        seen.take(r.seq)
         token = self._inbox + b"%d" % (c.frames,)
         owed = 0
         for key, value in sorted(r.readings.items()):
@@ -309,6 +315,26 @@ class SerialPort:
                 "published": c.published, "acks_sent": c.acks_sent, "commands": c.commands,
                 "duplicates": c.duplicates, "gaps": c.gaps, "reboots": c.reboots,
                 "errors": dict(c.errors), "devices": sorted(self._devices)}
+
+
+class _Seen:
+    """What one device sent in its current boot: the highest seq and the seqs
+    taken recently (a resend is recognised even when it comes after later
+    frames; a frame lost on the line and resent late is still taken)."""
+
+    WINDOW = 4096
+
+    def __init__(self, boot: int, seq: int) -> None:
+        self.boot = boot
+        self.last = seq
+        self.taken: set[int] = set()
+        self._order: deque[int] = deque()
+
+    def take(self, seq: int) -> None:
+        self.taken.add(seq)
+        self._order.append(seq)
+        if len(self._order) > self.WINDOW:
+            self.taken.discard(self._order.popleft())
 
 
 def _close_quietly(ser: Any) -> None:
