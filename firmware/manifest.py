@@ -13,6 +13,7 @@ package("leaf_sensor", files=(
     "crc16.py",
     "frame.py",
     "decoder.py",
+    "ticks.py",
     "resend.py",
     "app.py",
     "board.py",

@@ -730,13 +730,18 @@ def main(argv: list[str] | None = None) -> int:
             for spec in specs:           # alternate: nats, leaf, nats, leaf ...
                 run_one(wl, spec, cfg, res)
     rows = report(wls, specs, res)
-    for msg in res.failures:
+    return finish(args.json, meta, rows, res.failures, peak_rss_mib=res.peak_rss)
+
+
+def finish(json_path: str | None, meta: dict[str, str], rows: object, failures: list[str],
+           **extra: object) -> int:
+    """Print the failures, write the JSON report if asked; the exit status."""
+    for msg in failures:
         print(f"FAILED: {msg}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"meta": meta, "rows": rows, "failures": res.failures,
-             "peak_rss_mib": res.peak_rss}, indent=2) + "\n")
-    return 1 if res.failures else 0
+    if json_path:
+        Path(json_path).write_text(json.dumps(
+            {"meta": meta, "rows": rows, "failures": failures, **extra}, indent=2) + "\n")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

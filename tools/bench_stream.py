@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
@@ -534,12 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         for s, h in old.items():
             signal.signal(s, h)
     rows = report(wls, res)
-    for msg in res.failures:
-        print(f"FAILED: {msg}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"meta": meta, "rows": rows, "failures": res.failures}, indent=2) + "\n")
-    return 1 if res.failures else 0
+    return bench.finish(args.json, meta, rows, res.failures)
 
 
 if __name__ == "__main__":

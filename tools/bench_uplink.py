@@ -509,12 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:           # servers are stopped by run_one
         res.failures.append("interrupted (Ctrl-C); the table is partial")
     rows = report(wls, res)
-    for msg in res.failures:
-        print(f"FAILED: {msg}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"meta": meta, "rows": rows, "failures": res.failures}, indent=2) + "\n")
-    return 1 if res.failures else 0
+    return bench.finish(args.json, meta, rows, res.failures)
 
 
 if __name__ == "__main__":

@@ -22,26 +22,10 @@ except ImportError:  # CPython, for host-side tools
     def const(x):
         return x
 
-try:
-    from time import sleep_ms, ticks_add, ticks_diff, ticks_ms
-except ImportError:  # CPython
-    import time as _time
-
-    def ticks_ms():
-        return int(_time.monotonic() * 1000)
-
-    def ticks_add(t, delta):
-        return t + delta
-
-    def ticks_diff(a, b):
-        return a - b
-
-    def sleep_ms(ms):
-        _time.sleep(ms / 1000)
-
 from .decoder import Ack, FrameDecoder
 from .frame import ReadingEncoder
 from .resend import ResendQueue
+from .ticks import sleep_ms, ticks_add, ticks_diff, ticks_ms
 from .wire import encoded_size, is_name
 
 _NAN = float("nan")

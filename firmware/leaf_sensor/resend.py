@@ -13,19 +13,7 @@ except ImportError:  # CPython, for host-side tools
     def const(x):
         return x
 
-try:
-    from time import ticks_add, ticks_diff, ticks_ms
-except ImportError:  # CPython: plain integers do not wrap
-    import time as _time
-
-    def ticks_ms():
-        return int(_time.monotonic() * 1000)
-
-    def ticks_add(t, delta):
-        return t + delta
-
-    def ticks_diff(a, b):
-        return a - b
+from .ticks import ticks_add, ticks_diff, ticks_ms
 
 _FREE = const(-1)
 

@@ -16,19 +16,7 @@ except ImportError:  # CPython
     def const(x):
         return x
 
-try:
-    from time import sleep_ms, ticks_diff, ticks_ms
-except ImportError:  # CPython
-    import time as _time
-
-    def ticks_ms():
-        return int(_time.monotonic() * 1000)
-
-    def ticks_diff(a, b):
-        return a - b
-
-    def sleep_ms(ms):
-        _time.sleep(ms / 1000)
+from ..ticks import sleep_ms, ticks_diff, ticks_ms
 
 ADDR = const(0x76)  # SDO to GND; 0x77 with SDO to VDDIO
 CHIP_ID = const(0x60)

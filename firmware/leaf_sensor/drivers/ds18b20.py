@@ -16,13 +16,7 @@ except ImportError:  # CPython
     def const(x):
         return x
 
-try:
-    from time import sleep_ms
-except ImportError:  # CPython
-    import time as _time
-
-    def sleep_ms(ms):
-        _time.sleep(ms / 1000)
+from ..ticks import sleep_ms
 
 _SKIP_ROM = const(0xCC)
 _CONVERT_T = const(0x44)
