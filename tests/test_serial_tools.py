@@ -358,3 +358,52 @@ def test_flash_without_mpremote_says_so(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "mpremote not found" in proc.stderr and "pip install mpremote" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+async def test_the_firmware_itself_over_a_pty(tmp_path: Path) -> None:
+    """The real sensor-node application, running under MicroPython with its
+    UART on one side of a pty, and leaf's bridge on the other: the readings
+    reach a subscriber and the stream, every frame is acknowledged (the node's
+    resend queue ends empty) and a command reaches the node's handler."""
+    import tty
+
+    from test_firmware_codec import FIRMWARE, tool  # the package, the interpreter's finder
+
+    master, slave = os.openpty()
+    tty.setraw(master)
+    link = tmp_path / "ttyNODE"
+    link.symlink_to(os.ttyname(slave))
+    leaf = serial_leaf(tmp_path, link)
+    node = None
+    try:
+        nc = await nats.connect(leaf.url)
+        try:
+            sub = await nc.subscribe("sensors.node1.n")
+            await nc.flush()
+            script = Path(__file__).parent / "micropython" / "node_on_stdio.py"
+            node = subprocess.Popen(
+                [tool("micropython"), str(script), "node1", "10"],
+                stdin=master, stdout=master, stderr=subprocess.PIPE,
+                env={**os.environ, "MICROPYPATH": f"{FIRMWARE}:.frozen"})
+            got = [json.loads((await sub.next_msg(timeout=10)).data)["value"] for _ in range(10)]
+            assert got == list(range(1, 11))
+            await nc.publish("cmd.node1", json.dumps({"name": "blink", "args": {"times": 3}})
+                             .encode())
+            await nc.flush()
+            _, err = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: node.communicate(timeout=30))
+            assert b"sent=10 unacked=0" in err and b"'times': 3" in err, err
+        finally:
+            await nc.close()
+    finally:
+        if node is not None and node.poll() is None:
+            node.kill()
+        leaf.stop()
+        os.close(slave)
+        os.close(master)
+    stored = FileStream(tmp_path / "store", read_only=True)
+    try:
+        assert [json.loads(m.payload)["value"] for m in stored.read(1, 100)
+                if m.subject == b"sensors.node1.n"] == list(range(1, 11))
+    finally:
+        stored.close()
