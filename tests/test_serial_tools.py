@@ -24,6 +24,7 @@ from conftest import ROOT, ServerProc, start_leaf
 from interop_support import ahttp_json, leaf_toml
 from leaf import boards
 from leaf.store import FileStream
+from micropython_support import tool
 from uplink_support import wait_for
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -274,17 +275,6 @@ async def test_saturated_port_loses_no_frame(leaf_nc: Any, tmp_path: Path) -> No
 MCUS = [b.name for b in boards.load_all() if b.kind == boards.MCU]
 
 
-def tool(name: str) -> str:
-    here = Path(sys.executable).parent / name
-    if here.exists():
-        return str(here)
-    import shutil
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} not found: pip install -e '.[test]' installs it")
-    return found
-
-
 def test_there_are_mcu_profiles() -> None:
     assert {"pico", "pico-w", "esp32-devkitc", "esp32-s3"} <= set(MCUS)
 
@@ -367,7 +357,7 @@ async def test_the_firmware_itself_over_a_pty(tmp_path: Path) -> None:
     resend queue ends empty) and a command reaches the node's handler."""
     import tty
 
-    from test_firmware_codec import FIRMWARE, tool  # the package, the interpreter's finder
+    from micropython_support import firmware_env
 
     master, slave = os.openpty()
     tty.setraw(master)
@@ -384,7 +374,7 @@ async def test_the_firmware_itself_over_a_pty(tmp_path: Path) -> None:
             node = subprocess.Popen(
                 [tool("micropython"), str(script), "node1", "10"],
                 stdin=master, stdout=master, stderr=subprocess.PIPE,
-                env={**os.environ, "MICROPYPATH": f"{FIRMWARE}:.frozen"})
+                env=firmware_env())
             got = [json.loads((await sub.next_msg(timeout=10)).data)["value"] for _ in range(10)]
             assert got == list(range(1, 11))
             await nc.publish("cmd.node1", json.dumps({"name": "blink", "args": {"times": 3}})
