@@ -13,8 +13,9 @@ queue-group forms (``LMSG <subject> | <q>... <size>`` and ``LMSG <subject> +
 from __future__ import annotations
 
 from leaf.errors import RemoteProtocolError
-from leaf.proto.events import OK, PING, PONG, LeafSub, LeafUnsub
+from leaf.proto.events import LeafSub, LeafUnsub
 from leaf.proto.parser import (
+    COMMON_OPS,
     MAX_PAYLOAD_VIOLATION,
     ServerParser,
     _malformed,
@@ -117,11 +118,7 @@ LeafParser._ops = {
     b"HMSG": LeafParser._hmsg,
     b"LS+": LeafParser._ls_plus,
     b"LS-": LeafParser._ls_minus,
-    b"PING": lambda self, line: PING,
-    b"PONG": lambda self, line: PONG,
-    b"+OK": lambda self, line: OK,
-    b"INFO": ServerParser._info,
-    b"-ERR": ServerParser._err,
+    **COMMON_OPS,
 }
 
 

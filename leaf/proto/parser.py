@@ -479,16 +479,20 @@ def _json_object(arg: bytes, op: str) -> dict[str, Any]:
     return obj
 
 
+# Ops both dialects share (client and leafnode).
+COMMON_OPS: dict[bytes, Callable[[Any, bytes], Any]] = {
+    b"PING": lambda self, line: PING,
+    b"PONG": lambda self, line: PONG,
+    b"+OK": lambda self, line: OK,
+    b"INFO": ServerParser._info,
+    b"-ERR": ServerParser._err,
+}
 _OPS: dict[bytes, Callable[[Any, bytes], Any]] = {
     b"PUB": ServerParser._pub,
     b"HPUB": ServerParser._hpub,
     b"SUB": ServerParser._sub,
     b"UNSU": ServerParser._unsub,
     b"CONN": ServerParser._connect_line,
-    b"PING": lambda self, line: PING,
-    b"PONG": lambda self, line: PONG,
-    b"+OK": lambda self, line: OK,
-    b"INFO": ServerParser._info,
-    b"-ERR": ServerParser._err,
+    **COMMON_OPS,
 }
 ServerParser._ops = _OPS

@@ -21,6 +21,7 @@ before NTP — must not lose its backlog to a clock step).
 from __future__ import annotations
 
 import errno
+from abc import ABC, abstractmethod
 import fcntl
 import json
 import os
@@ -79,7 +80,7 @@ class StreamCounters:
             self.dropped_unforwarded += unforwarded
 
 
-class Retention:
+class Retention(ABC):
     """What both stream implementations share: sequence bookkeeping, the
     forward cursor and the retention limits. Subclasses provide ``bytes``,
     ``read``, ``_unit_end`` (where the oldest removable unit ends) and
@@ -94,17 +95,17 @@ class Retention:
     _frame_count: int
 
     @property
-    def bytes(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def bytes(self) -> int: ...
 
-    def read(self, from_seq: int, max_msgs: int = 256) -> list[StoredMessage]:
-        raise NotImplementedError
+    @abstractmethod
+    def read(self, from_seq: int, max_msgs: int = 256) -> list[StoredMessage]: ...
 
-    def _unit_end(self) -> int | None:
-        raise NotImplementedError
+    @abstractmethod
+    def _unit_end(self) -> int | None: ...
 
-    def _forget_before(self, seq: int) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _forget_before(self, seq: int) -> None: ...
 
     @property
     def msgs(self) -> int:
