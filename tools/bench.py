@@ -692,6 +692,17 @@ def run_config(args: argparse.Namespace) -> tuple[Config, int]:
     return cfg, args.runs or (1 if args.quick else 3)
 
 
+def base_meta(nats_path: str) -> dict[str, str]:
+    """What every report starts with: when, which Python and nats-server,
+    which machine (and how busy), which command."""
+    return {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "python": sys.version.split()[0],
+            "nats-server": nats_server_version(nats_path),
+            "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, load average "
+                       + " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "command": shlex.join(["python"] + sys.argv)}
+
+
 def make_specs(args: argparse.Namespace, nats_path: str) -> list[ServerSpec]:
     nats = ServerSpec("nats-server", [nats_path, "-a", "127.0.0.1", "-p", "{port}"])
     leaf = ServerSpec("leaf", leaf_command(args))
@@ -711,11 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     nats_path = nats_server_path()
     specs = make_specs(args, nats_path)
     wls = [w for w in build_workloads(cfg) if not args.filter or args.filter in w.name]
-    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "python": sys.version.split()[0],
-            "nats-server": nats_server_version(nats_path),
-            "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
-            "command": shlex.join(["python"] + sys.argv),
+    meta = {**base_meta(nats_path),
             "runs": f"{runs} per workload per server, median shown; scale "
                     f"{args.scale}{' (quick)' if args.quick else ''}",
             "CPUs": f"client {sorted(cfg.client_cpus)}, server {sorted(cfg.server_cpus)}"

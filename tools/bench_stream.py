@@ -57,9 +57,7 @@ import argparse
 import datetime
 import math
 import os
-import platform
 import re
-import shlex
 import shutil
 import signal
 import statistics
@@ -500,12 +498,7 @@ def main(argv: list[str] | None = None) -> int:
               args.publishers, args.window, args.seconds or (3.0 if args.quick else 10.0),
               args.reopen_mb or (64 if args.quick else 1024))
     wls = [w for w in build_workloads(env) if not args.filter or args.filter in w.name]
-    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "python": sys.version.split()[0],
-            "nats-server": bench.nats_server_version(nats),
-            "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, load average "
-                       + " ".join(f"{x:.2f}" for x in os.getloadavg()),
-            "command": shlex.join(["python"] + sys.argv),
+    meta = {**bench.base_meta(nats),
             "runs": f"{runs} per workload per server (disk: 1), median shown; scale "
                     f"{args.scale}{' (quick)' if args.quick else ''}",
             "publishers": f"{env.publishers} connections x {env.window} outstanding requests",

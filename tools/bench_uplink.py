@@ -40,11 +40,7 @@ A measurement without progress for --stall s fails naming workload and kind.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import shlex
 import shutil
 import socket
 import statistics
@@ -485,12 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = {"nats": ["nats-leaf"], "leaf": ["leaf"]}.get(args.only or "", list(KINDS))
     wls = [w for w in build_workloads(cfg, args.down, args.quiet)
            if not args.filter or args.filter in w.name]
-    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "python": sys.version.split()[0],
-            "nats-server": bench.nats_server_version(nats),
-            "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, load average "
-                       + " ".join(f"{x:.2f}" for x in os.getloadavg()),
-            "command": shlex.join(["python"] + sys.argv),
+    meta = {**bench.base_meta(nats),
             "runs": f"{runs} per workload per kind, median shown; scale "
                     f"{args.scale}{' (quick)' if args.quick else ''}",
             "CPUs": f"client {sorted(cfg.client_cpus)}, hub + leaf node "
