@@ -762,6 +762,20 @@ authorization {
 """
 
 
+async def allowed_traffic_crosses(leaf: Any, up_sub: Any, down_sub: Any, across: Any,
+                                  leaf_nc: Any, hub_nc: Any) -> None:
+    """"up" reached the hub, "down" reached leaf, and fresh traffic still crosses
+    both ways (the link survived whatever was refused before)."""
+    try:
+        assert (await up_sub.next_msg(timeout=5)).data == b"up"
+        assert (await down_sub.next_msg(timeout=5)).data == b"down"
+        await across.from_leaf(leaf_nc, hub_nc)
+        await across.from_hub(hub_nc, leaf_nc)
+    except Exception as exc:
+        raise AssertionError(f"allowed traffic did not cross ({exc!r}); "
+                             f"uplink: {await uplink_state(leaf)}") from exc
+
+
 async def test_hub_permissions_do_not_kill_uplink(clients: Clients) -> None:
     """The hub user of the leaf may not publish ``forbidden.>`` nor subscribe
     ``hidden.>``. Hub subscribers on ``>`` / ``*.x`` give leaf interest that
@@ -791,14 +805,7 @@ async def test_hub_permissions_do_not_kill_uplink(clients: Clients) -> None:
         await leaf_nc.publish("ok.up", b"up")
         await hub_nc.publish("hidden.x", b"must not cross")
         await hub_nc.publish("ok.down", b"down")
-        try:
-            assert (await hub_subs[3].next_msg(timeout=5)).data == b"up"
-            assert (await leaf_subs[3].next_msg(timeout=5)).data == b"down"
-            await across.from_leaf(leaf_nc, hub_nc)
-            await across.from_hub(hub_nc, leaf_nc)
-        except Exception as exc:
-            raise AssertionError(f"allowed traffic did not cross ({exc!r}); "
-                                 f"uplink: {await uplink_state(leaf)}") from exc
+        await allowed_traffic_crosses(leaf, hub_subs[3], leaf_subs[3], across, leaf_nc, hub_nc)
         at_hub = {m.subject for s in hub_subs for m in await drained(s)}
         assert not {s for s in at_hub if s.startswith("forbidden.")}, at_hub
         at_leaf = [(m.subject, m.data) for s in leaf_subs for m in await drained(s)]
@@ -838,14 +845,7 @@ async def test_upstream_deny_publish_and_subscribe(clients: Clients) -> None:
         await leaf_nc.publish("pubok.x", b"up")
         await hub_nc.publish("nosub.x", b"must not cross")
         await hub_nc.publish("subok.x", b"down")
-        try:
-            assert (await hub_subs[3].next_msg(timeout=5)).data == b"up"
-            assert (await leaf_subs[3].next_msg(timeout=5)).data == b"down"
-            await across.from_leaf(leaf_nc, hub_nc)
-            await across.from_hub(hub_nc, leaf_nc)
-        except Exception as exc:
-            raise AssertionError(f"allowed traffic did not cross ({exc!r}); "
-                                 f"uplink: {await uplink_state(leaf)}") from exc
+        await allowed_traffic_crosses(leaf, hub_subs[3], leaf_subs[3], across, leaf_nc, hub_nc)
         at_hub = [(m.subject, m.data) for s in hub_subs for m in await drained(s)]
         assert ("nopub.x", b"must not cross") not in at_hub, at_hub
         at_leaf = [(m.subject, m.data) for s in leaf_subs for m in await drained(s)]
