@@ -13,13 +13,14 @@ import ssl
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import nacl.signing
 import nkeys
 import pytest
 
 from conftest import start_nats_server
+from test_config import _error_text
 from interop_support import RawClient, make_tls_files
 from leaf import config
 from leaf.errors import ConfigError
@@ -61,22 +62,11 @@ def verifies(public: str, nonce: bytes, sig: str) -> bool:
     return True
 
 
-def _error(call: Callable[[], Any], needles: tuple[str, ...], secret: str | None) -> str:
-    with pytest.raises(ConfigError) as info:
-        call()
-    msg = str(info.value)
-    for needle in needles:
-        assert needle in msg, msg
-    if secret is not None:
-        assert secret not in msg, msg
-    return msg
-
-
 def refused(raw: dict[str, Any] | str, *needles: str, secret: str | None = SECRET) -> str:
     """The [upstream] body (a dict, or TOML text under [upstream]) is refused by
     config.from_dict with a message holding every needle and never ``secret``."""
     data = {"upstream": tomllib.loads(raw)} if isinstance(raw, str) else {"upstream": raw}
-    return _error(lambda: config.from_dict(data, "leaf.toml"), needles, secret)
+    return _error_text(lambda: config.from_dict(data, "leaf.toml"), needles, secret)
 
 
 def upstream(raw: dict[str, Any] | str) -> UpstreamOptions:
@@ -180,7 +170,7 @@ def test_url_userinfo_is_kept_out_of_str_and_repr() -> None:
 def test_bad_urls_name_the_key_and_hide_the_password(text: str, needle: str) -> None:
     refused({"urls": [text]}, "upstream.urls[0]", needle)
     refused({"urls": text}, "upstream.urls", needle)
-    _error(lambda: config.with_flags(config.Config(), upstream=[text]), ("--upstream", needle),
+    _error_text(lambda: config.with_flags(config.Config(), upstream=[text]), ("--upstream", needle),
            SECRET)
 
 
@@ -198,7 +188,7 @@ def test_urls_may_come_from_the_command_line_only() -> None:
     """A file may hold the credentials and leave the hub's address to --upstream."""
     cfg = config.from_dict({"upstream": {"user": "leaf", "password": SECRET}})
     assert cfg.upstream is not None and cfg.upstream.urls == ()
-    _error(lambda: config.finalize(cfg), ("upstream.urls", "--upstream"), SECRET)
+    _error_text(lambda: config.finalize(cfg), ("upstream.urls", "--upstream"), SECRET)
     out = config.finalize(config.with_flags(cfg, upstream=["nats://hub"]))
     assert out.upstream is not None and out.upstream.password == SECRET
     assert [str(u) for u in out.upstream.urls] == ["nats://hub:7422"]
@@ -257,7 +247,7 @@ def test_bad_keys_and_values_are_named(body: dict[str, Any], needles: tuple[str,
 
 
 def test_upstream_must_be_a_table_and_is_not_echoed() -> None:
-    _error(lambda: config.from_dict({"upstream": f"nats://leaf:{SECRET}@hub"}),
+    _error_text(lambda: config.from_dict({"upstream": f"nats://leaf:{SECRET}@hub"}),
            ("upstream", "expected a table", "a string (value not shown)"), SECRET)
 
 
@@ -314,7 +304,7 @@ def test_name_comes_from_the_table_then_server_name_then_the_host_name() -> None
 
 def test_server_name_with_whitespace_is_refused_for_the_uplink() -> None:
     cfg = config.from_dict({"server": {"name": "my gateway"}, "upstream": HUB})
-    _error(lambda: config.finalize(cfg), ("upstream.name", "server.name", "whitespace"), None)
+    _error_text(lambda: config.finalize(cfg), ("upstream.name", "server.name", "whitespace"), None)
 
 
 # -- --upstream ----------------------------------------------------------------------
@@ -434,7 +424,7 @@ def test_bad_seed_files(tmp_path: Path, content: str, needle: str) -> None:
     path = tmp_path / "bad.nk"
     path.write_text(content)
     cfg = config.from_dict({"upstream": {**HUB, "nkey_seed_file": str(path)}})
-    msg = _error(lambda: config.finalize(cfg), ("upstream.nkey_seed_file", str(path), needle),
+    msg = _error_text(lambda: config.finalize(cfg), ("upstream.nkey_seed_file", str(path), needle),
                  None)
     if content:
         assert content[:20] not in msg
@@ -453,20 +443,20 @@ def test_bad_creds_files(tmp_path: Path, content: str, needle: str) -> None:
     path = tmp_path / "bad.creds"
     path.write_text(content)
     cfg = config.from_dict({"upstream": {**HUB, "credentials": str(path)}})
-    msg = _error(lambda: config.finalize(cfg), ("upstream.credentials", str(path), needle), None)
+    msg = _error_text(lambda: config.finalize(cfg), ("upstream.credentials", str(path), needle), None)
     assert SEED[:20] not in msg and JWT not in msg
 
 
 def test_unreadable_credential_files_are_named(tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.creds")
     cfg = config.from_dict({"upstream": {**HUB, "credentials": missing}})
-    _error(lambda: config.finalize(cfg), ("upstream.credentials", missing, "cannot read"), None)
+    _error_text(lambda: config.finalize(cfg), ("upstream.credentials", missing, "cannot read"), None)
     cfg = config.from_dict({"upstream": {**HUB, "nkey_seed_file": str(tmp_path)}})
-    _error(lambda: config.finalize(cfg), ("upstream.nkey_seed_file", "cannot read"), None)
+    _error_text(lambda: config.finalize(cfg), ("upstream.nkey_seed_file", "cannot read"), None)
     binary = tmp_path / "binary.nk"
     binary.write_bytes(b"\xff\xfe\x00")
     cfg = config.from_dict({"upstream": {**HUB, "nkey_seed_file": str(binary)}})
-    _error(lambda: config.finalize(cfg), ("upstream.nkey_seed_file", "not a text file"), None)
+    _error_text(lambda: config.finalize(cfg), ("upstream.nkey_seed_file", "not a text file"), None)
 
 
 @pytest.mark.parametrize("module", ["nkeys", "nacl.signing"])
@@ -477,15 +467,15 @@ def test_nkeys_missing_is_reported(monkeypatch: pytest.MonkeyPatch, seed_file: P
             "pip install 'leaf[auth]'")
     refused({**HUB, "credentials": str(creds_file)}, "upstream.credentials",
             "pip install 'leaf[auth]'")
-    _error(lambda: Signer.from_creds_file(str(creds_file), "upstream.credentials"),
+    _error_text(lambda: Signer.from_creds_file(str(creds_file), "upstream.credentials"),
            ("upstream.credentials", "leaf[auth]"), SEED)
     # user/password and token need no extra package
     assert upstream({**HUB, "user": "u", "password": SECRET}).user == "u"
 
 
-def test_connect_credentials_before_resolve_is_an_error(seed_file: Path) -> None:
+def test_connect_credentials_before_resolve_is_an_error_text(seed_file: Path) -> None:
     opts = upstream({**HUB, "nkey_seed_file": str(seed_file)})
-    _error(lambda: opts.connect_credentials(opts.urls[0], "n"),
+    _error_text(lambda: opts.connect_credentials(opts.urls[0], "n"),
            ("upstream.nkey_seed_file", "resolve"), None)
 
 
@@ -566,13 +556,13 @@ def test_unreadable_and_garbage_tls_files_are_named(tls: dict[str, str], tmp_pat
     garbage.write_text("not pem at all\n")
     for bad in (str(tmp_path / "missing.pem"), str(garbage)):
         cfg = config.from_dict({"upstream": {**HUB, "tls": {**files, which: bad}}})
-        _error(lambda: config.finalize(cfg), (f"upstream.tls.{which}", bad), None)
+        _error_text(lambda: config.finalize(cfg), (f"upstream.tls.{which}", bad), None)
 
 
 def test_client_key_not_matching_the_certificate(tls: dict[str, str]) -> None:
     cfg = config.from_dict({"upstream": {**HUB, "tls": {"cert_file": tls["client_cert"],
                                                         "key_file": tls["key"]}}})
-    _error(lambda: config.finalize(cfg), ("upstream.tls.key_file", "does not match"), None)
+    _error_text(lambda: config.finalize(cfg), ("upstream.tls.key_file", "does not match"), None)
 
 
 def test_encrypted_client_key_is_refused_without_prompting(tls: dict[str, str],
@@ -586,7 +576,7 @@ def test_encrypted_client_key_is_refused_without_prompting(tls: dict[str, str],
         serialization.BestAvailableEncryption(b"pass-phrase")))
     cfg = config.from_dict({"upstream": {**HUB, "tls": {"cert_file": tls["client_cert"],
                                                         "key_file": str(encrypted)}}})
-    _error(lambda: config.finalize(cfg), ("upstream.tls.key_file", "encrypted"), None)
+    _error_text(lambda: config.finalize(cfg), ("upstream.tls.key_file", "encrypted"), None)
 
 
 def test_direct_construction_is_checked_too() -> None:
