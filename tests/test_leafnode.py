@@ -41,6 +41,7 @@ from leaf.proto.leafnode import (
     ls_plus,
 )
 from leaf.proto.parser import MAX_CONTROL_LINE_EXCEEDED, MAX_PAYLOAD_VIOLATION, UNKNOWN_OP
+from test_parser import Rcv  # the hub's view of a subscriber, shared with the hub tests
 
 # -- helpers ---------------------------------------------------------------------------------------
 
@@ -809,33 +810,6 @@ def test_connect_info_timeout() -> None:
 
 
 # -- hub routing with the hub's interest (remote subscriptions) ------------------------------------
-
-class Rcv:
-    """A subscriber's owner as the hub sees it (the attributes of hub.Receiver)."""
-
-    def __init__(self, echo: bool = True, headers: bool = True) -> None:
-        self.out = bytearray()
-        self.iov: list[bytes] = []
-        self.queued = False
-        self.echo = echo
-        self.headers = headers
-        self.out_bytes = 0
-        self.subs: dict[bytes, Subscription] = {}
-        self.retired_subs: list[Subscription] = []
-
-    def retired(self, sub: Subscription) -> None:
-        self.retired_subs.append(sub)
-
-    def written(self) -> bytes:
-        """Everything queued, in wire order, as the driver would write it."""
-        return b"".join(self.iov) + bytes(self.out)
-
-    def take(self) -> bytes:
-        out = self.written()
-        self.iov.clear()
-        self.out.clear()
-        self.queued = False
-        return out
 
 
 def uplink_receiver() -> Rcv:
