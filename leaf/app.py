@@ -30,6 +30,7 @@ class App:
         self.ingest: StreamIngest | None = None
         self.forwarder: Forwarder | None = None
         self.serial_ports: list[Any] = []
+        self.mqtt_bridges: list[Any] = []
         self.monitor: Monitor | None = None
         self._stop = asyncio.Event()
 
@@ -84,21 +85,27 @@ class App:
             self.ingest.on_written.append(self.forwarder.pump)
             self.forwarder.start()
 
-    def _start_serial(self) -> None:
-        """The serial sensor ports (imported only when configured: pyserial)."""
-        ports = self.cfg.serial
-        if not ports:
-            return
-        from leaf.bridges.serial import SerialPort
-
+    def _stored(self, subject: bytes) -> bool:
+        """Does a local publish on ``subject`` go to the stream."""
         subjects = self.cfg.stream.subjects if self.cfg.stream is not None else ()
+        return any(matches(p, subject) for p in subjects)
 
-        def stored(subject: bytes) -> bool:
-            return any(matches(p, subject) for p in subjects)
-        for options in ports:
-            port = SerialPort(options, self.server, stored)
-            self.serial_ports.append(port)
-            self.server.spawn(port.run())
+    def _start_bridges(self) -> None:
+        """Serial ports and MQTT brokers (each imported only when configured)."""
+        if self.cfg.serial:
+            from leaf.bridges.serial import SerialPort
+
+            for options in self.cfg.serial:
+                port = SerialPort(options, self.server, self._stored)
+                self.serial_ports.append(port)
+                self.server.spawn(port.run())
+        if self.cfg.mqtt:
+            from leaf.bridges.mqtt import MqttBridge
+
+            for mqtt in self.cfg.mqtt:
+                bridge = MqttBridge(mqtt, self.server, self._stored)
+                self.mqtt_bridges.append(bridge)
+                self.server.spawn(bridge.run())
 
     async def start(self) -> None:
         opts = self.cfg.server
@@ -107,7 +114,8 @@ class App:
         # the endpoints that describe them answer too.
         if self.cfg.http_port is not None:
             self.monitor = Monitor(self.server, self.uplink, self.stream_status,
-                                   lambda: [p.status() for p in self.serial_ports])
+                                   lambda: [p.status() for p in self.serial_ports],
+                                   lambda: [b.status() for b in self.mqtt_bridges])
             await self.monitor.start(self.cfg.http_host or opts.host, self.cfg.http_port)
             log.info("Starting http monitor on %s:%d", self.cfg.http_host or opts.host,
                      self.monitor.port)
@@ -115,7 +123,7 @@ class App:
         log.info("Listening for client connections on %s:%d", opts.host, self.server.port)
         if opts.tls is not None:
             log.info("TLS required for client connections")
-        self._start_serial()
+        self._start_bridges()
         if self.uplink is not None:
             log.info("Leaf node uplink to %s as %r", ", ".join(str(u) for u in self.uplink.urls),
                      self.uplink.settings.name)
@@ -158,6 +166,8 @@ class App:
             await self.monitor.close()
         for port in self.serial_ports:
             await port.close()
+        for bridge in self.mqtt_bridges:
+            await bridge.close()
         if self.forwarder is not None:
             self.forwarder.close()
         if self.uplink is not None:

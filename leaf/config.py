@@ -27,6 +27,7 @@ from leaf.proto.conn import Keepalive
 from leaf.server import ServerOptions
 
 if TYPE_CHECKING:
+    from leaf.mqtt_config import MqttOptions
     from leaf.serial_config import SerialOptions
     from leaf.stream_config import StreamOptions
     from leaf.upstream_config import UpstreamOptions
@@ -190,6 +191,7 @@ class Config:
     upstream: UpstreamOptions | None = None
     stream: StreamOptions | None = None
     serial: tuple[SerialOptions, ...] = ()
+    mqtt: tuple[MqttOptions, ...] = ()
     source: str = field(default="", compare=False)
 
     def authenticator(self) -> Authenticator:
@@ -283,7 +285,7 @@ def from_dict(raw: dict[str, Any], source: str = "") -> Config:
     from leaf.upstream_config import parse_upstream
 
     _table(raw, "config", {"server", "authorization", "tls", "log", "upstream", "stream", "board",
-                           "serial"})
+                           "serial", "mqtt"})
     if "board" in raw:  # board = "NAME": that profile's settings under this file's
         from leaf.boards import with_board
 
@@ -334,7 +336,8 @@ def from_dict(raw: dict[str, Any], source: str = "") -> Config:
         trace=_typed("bool", log.get("trace", False), "log.trace"),
         upstream=parse_upstream(raw["upstream"]) if "upstream" in raw else None,
         stream=parse_stream(raw["stream"]) if "stream" in raw else None,
-        serial=_serial(raw["serial"]) if "serial" in raw else (), source=source)
+        serial=_serial(raw["serial"]) if "serial" in raw else (),
+        mqtt=_mqtt(raw["mqtt"]) if "mqtt" in raw else (), source=source)
     cfg.authenticator()  # reject impossible combinations now, not at first CONNECT
     return cfg
 
@@ -343,6 +346,12 @@ def _serial(raw: Any) -> tuple[Any, ...]:
     from leaf.serial_config import parse_serial  # builds on this module's parsers
 
     return parse_serial(raw)
+
+
+def _mqtt(raw: Any) -> tuple[Any, ...]:
+    from leaf.mqtt_config import parse_mqtt  # builds on this module's parsers
+
+    return parse_mqtt(raw)
 
 
 def _server_section(raw: Any) -> dict[str, Any]:

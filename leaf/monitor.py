@@ -71,18 +71,20 @@ class Monitor:
 
     def __init__(self, server: Server, uplink: Uplink | None = None,
                  stream_status: Callable[[], dict[str, Any] | None] | None = None,
-                 serial_status: Callable[[], list[dict[str, Any]]] | None = None) -> None:
+                 serial_status: Callable[[], list[dict[str, Any]]] | None = None,
+                 mqtt_status: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         self.server = server
         self.uplink = uplink
         self.stream_status = stream_status
         self.serial_status = serial_status
+        self.mqtt_status = mqtt_status
         self.port = 0
         self._listener: asyncio.AbstractServer | None = None
         self._cpu = _Cpu()
         self._routes: dict[str, Callable[[dict[str, list[str]]], dict[str, Any]]] = {
             "/varz": self.varz, "/connz": self.connz, "/subsz": self.subsz,
             "/healthz": self.healthz, "/leafz": self.leafz, "/streamz": self.streamz,
-            "/serialz": self.serialz,
+            "/serialz": self.serialz, "/mqttz": self.mqttz,
             "/": self.index,
         }
 
@@ -175,6 +177,11 @@ class Monitor:
         """Serial sensor ports: open or not, frames, readings, acks, errors by reason."""
         ports = self.serial_status() if self.serial_status is not None else []
         return {"server_id": self.server.server_id, "now": _iso(time.time()), "ports": ports}
+
+    def mqttz(self, _query: dict[str, list[str]]) -> dict[str, Any]:
+        """MQTT bridges: connected or not, last error, messages each way, drops by reason."""
+        bridges = self.mqtt_status() if self.mqtt_status is not None else []
+        return {"server_id": self.server.server_id, "now": _iso(time.time()), "bridges": bridges}
 
     def leafz(self, query: dict[str, list[str]]) -> dict[str, Any]:
         """nats-server's /leafz for our one uplink, plus how the link has fared:

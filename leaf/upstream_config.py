@@ -164,23 +164,24 @@ class UpstreamTLS:
     key_file: str = ""
     verify: bool = True
     handshake_first: bool = False
+    where: str = field(default="upstream.tls", compare=False)  # names keys in messages
 
     def check(self) -> None:
         """Refuse settings that cannot work or would be silently ignored."""
         if bool(self.cert_file) != bool(self.key_file):
             have, need = (("cert_file", "key_file") if self.cert_file
                           else ("key_file", "cert_file"))
-            raise ConfigError(f"upstream.tls.{need}: needed with upstream.tls.{have} "
+            raise ConfigError(f"{self.where}.{need}: needed with {self.where}.{have} "
                               "(a client certificate takes both)")
         if self.ca_file and not self.verify:
-            raise ConfigError("upstream.tls.ca_file: only used to verify the hub's certificate, "
-                              "but upstream.tls.verify = false; remove one of them")
+            raise ConfigError(f"{self.where}.ca_file: only used to verify the server's "
+                              f"certificate, but {self.where}.verify = false; remove one of them")
 
     def context(self) -> ssl.SSLContext:
         """The client-side context: TLS 1.2+, hub certificate and host name checked
         against ``ca_file`` (else the system CAs) unless ``verify`` is off."""
         self.check()
-        labels = {k: f"upstream.tls.{k}" for k in ("ca_file", "cert_file", "key_file")}
+        labels = {k: f"{self.where}.{k}" for k in ("ca_file", "cert_file", "key_file")}
         for key in labels:
             if getattr(self, key):
                 _read(labels[key], getattr(self, key))
@@ -200,7 +201,7 @@ class UpstreamTLS:
             ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
         if self.cert_file:
             load_certificate(ctx, self.cert_file, self.key_file, labels["cert_file"],
-                             labels["key_file"], "upstream.tls")
+                             labels["key_file"], self.where)
         return ctx
 
 
@@ -432,7 +433,7 @@ def parse_upstream(raw: Any) -> UpstreamOptions:
         _nkeys(f"upstream.{key}")
     urls = _urls(t["urls"]) if "urls" in t else ()
     if "tls" in t:
-        out["tls"] = _tls(t["tls"])
+        out["tls"] = parse_tls(t["tls"])
     for key in ("deny_publish", "deny_subscribe"):
         if key in t:
             out[key] = _subjects(t[key], f"upstream.{key}")
@@ -493,11 +494,13 @@ def _urls(raw: Any) -> tuple[UpstreamURL, ...]:
     return tuple(parse_url(u, f"upstream.urls[{i}]") for i, u in enumerate(raw))
 
 
-def _tls(raw: Any) -> UpstreamTLS:
-    t = _table(raw, "upstream.tls", _TLS_KEYS)
-    values: dict[str, Any] = {}
+def parse_tls(raw: Any, label: str = "upstream.tls",
+              keys: frozenset[str] | set[str] | None = None) -> UpstreamTLS:
+    """A client-side ``tls`` table (towards a hub, or an MQTT broker)."""
+    t = _table(raw, label, set(keys if keys is not None else _TLS_KEYS))
+    values: dict[str, Any] = {"where": label}
     for key, value in t.items():
-        where = f"upstream.tls.{key}"
+        where = f"{label}.{key}"
         values[key] = _typed("bool" if key in ("verify", "handshake_first") else "str",
                              value, where)
         if values[key] == "":

@@ -20,7 +20,6 @@ import asyncio
 import json
 import logging
 import math
-import secrets
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -31,8 +30,7 @@ import serial  # type: ignore[import-untyped]
 import serial.tools.list_ports  # type: ignore[import-untyped]
 
 from leaf.bridges.framing import FrameDecoder, LineDecoder, Reading, ack_frame, command_frame
-from leaf.hub import Subscription
-from leaf.proto import encode
+from leaf.bridges.publisher import BridgePublisher
 from leaf.serial_config import SerialOptions
 
 if TYPE_CHECKING:
@@ -64,19 +62,15 @@ class SerialPort:
                  stored: Callable[[bytes], bool]) -> None:
         self.options = options
         self.server = server
-        self.hub = server.hub
         self.stored = stored  # does a subject go to the stream (then acks wait for its PubAck)
+        self.publisher: BridgePublisher | None = None
         self.counters = PortCounters()
         self.device_path = ""
         self._serial: Any = None
         self._closing = False
         self._write_lock = threading.Lock()
         self._devices: dict[str, _Seen] = {}
-        self._pending: dict[bytes, list[Any]] = {}  # ack token -> [device, seq, PubAcks owed]
-        self._inbox = b"_INBOX.%s." % secrets.token_hex(6).encode()
-        self._ack_sub = Subscription(self._inbox + b"*", b"", None, callback=self._pub_ack,
-                                     local_only=True)
-        self._cmd_sub: Subscription | None = None
+        self._acking: set[tuple[str, int]] = set()  # frames waiting for their PubAcks
         framing = options.framing
         self.decoder: FrameDecoder | LineDecoder = FrameDecoder() if framing == "cobs-cbor" \
             else LineDecoder(json=framing == "json-lines")
@@ -86,11 +80,10 @@ class SerialPort:
     # -- lifecycle -----------------------------------------------------------
     async def run(self) -> None:
         """Open, read until the port fails, look for it again; until close."""
-        self.hub.add(self._ack_sub)
+        self.publisher = BridgePublisher(self.server, self.stored)
         if self.options.commands:
-            pattern = self.options.commands.replace("{device}", "*").encode()
-            self._cmd_sub = Subscription(pattern, b"", None, callback=self._command)
-            self.hub.add(self._cmd_sub)
+            self.publisher.subscribe(self.options.commands.replace("{device}", "*").encode(),
+                                     self._command)
         loop = asyncio.get_running_loop()
         delay = 0.0
         while not self._closing:
@@ -165,9 +158,8 @@ class SerialPort:
         ser = self._serial
         if ser is not None:
             await asyncio.get_running_loop().run_in_executor(None, _close_quietly, ser)
-        self.hub.remove(self._ack_sub)
-        if self._cmd_sub is not None:
-            self.hub.remove(self._cmd_sub)
+        if self.publisher is not None:
+            self.publisher.close()
 
     # -- device -> subjects ----------------------------------------------------
     def _received(self, data: bytes) -> None:
@@ -198,8 +190,7 @@ class SerialPort:
         elif r.seq in seen.taken:
             # A resend of what we already took (its ack was lost): ack again.
             c.duplicates += 1
-            if r.ack and not any(p[0] == r.device and p[1] == r.seq
-                                 for p in self._pending.values()):
+            if r.ack and (r.device, r.seq) not in self._acking:
                 self._send_ack(r.device, r.seq)
             return
         else:
@@ -210,18 +201,16 @@ class SerialPort:
             elif c.gaps:
                 c.gaps -= 1  # a late frame (resent after a later one) fills a gap
         seen.take(r.seq)
-        token = self._inbox + b"%d" % (c.frames,)
-        owed = 0
+        frame = _FrameAck(self, r.device, r.seq) if r.ack else None
         for key, value in sorted(r.readings.items()):
             subject = self.options.subject_for(r.device, key)
-            body = self._payload(value, r)
-            needs_ack = r.ack and self.stored(subject)
-            owed += needs_ack
-            self._publish(subject, token if needs_ack else b"", body)
+            if self._publish(subject, self._payload(value, r), frame):
+                assert frame is not None
+                frame.owed += 1
             c.readings += 1
-        if r.ack:
-            if owed:
-                self._pending[token] = [r.device, r.seq, owed]
+        if frame is not None:
+            if frame.owed:
+                self._acking.add((r.device, r.seq))
             else:
                 self._send_ack(r.device, r.seq)
 
@@ -238,7 +227,7 @@ class SerialPort:
     def _line(self, line: bytes | str) -> None:
         data = line.encode() if isinstance(line, str) else line
         self.counters.frames += 1
-        self._publish(self.options.subject_for(self.options.device, "line"), b"", data)
+        self._publish(self.options.subject_for(self.options.device, "line"), data)
 
     def _line_object(self, obj: dict[str, Any]) -> None:
         self.counters.frames += 1
@@ -246,25 +235,13 @@ class SerialPort:
             if isinstance(key, str) and key.replace("_", "").replace("-", "").isalnum():
                 doc = json.dumps({"value": value, "device": self.options.device},
                                  separators=(",", ":")).encode()
-                self._publish(self.options.subject_for(self.options.device, key), b"", doc)
+                self._publish(self.options.subject_for(self.options.device, key), doc)
 
-    def _publish(self, subject: bytes, reply: bytes, payload: bytes) -> None:
-        self.hub.publish(subject, reply, len(payload), encode.tail(reply, payload))
+    def _publish(self, subject: bytes, payload: bytes, frame: _FrameAck | None = None) -> bool:
+        """Publish; True when ``frame`` waits for this message's PubAck."""
+        assert self.publisher is not None
         self.counters.published += 1
-
-    def _pub_ack(self, subject: bytes, reply: bytes, hdr_len: int, payload: bytes) -> None:
-        """A PubAck from the stream for a message of a frame that wants an ack."""
-        pending = self._pending.get(subject)
-        if pending is None:
-            return
-        if b'"error"' in payload:  # not stored: no ack, the device sends it again
-            del self._pending[subject]
-            self.counters.errors["not_stored"] = self.counters.errors.get("not_stored", 0) + 1
-            return
-        pending[2] -= 1
-        if pending[2] == 0:
-            del self._pending[subject]
-            self._send_ack(pending[0], pending[1])
+        return self.publisher.publish(subject, payload, frame.stored if frame else None)
 
     # -- subjects -> device ----------------------------------------------------
     def _send_ack(self, device: str, seq: int) -> None:
@@ -315,6 +292,30 @@ class SerialPort:
                 "published": c.published, "acks_sent": c.acks_sent, "commands": c.commands,
                 "duplicates": c.duplicates, "gaps": c.gaps, "reboots": c.reboots,
                 "errors": dict(c.errors), "devices": sorted(self._devices)}
+
+
+class _FrameAck:
+    """A frame that asked for an ack: sent once each of its stored messages is durable."""
+
+    __slots__ = ("port", "device", "seq", "owed", "failed")
+
+    def __init__(self, port: SerialPort, device: str, seq: int) -> None:
+        self.port = port
+        self.device = device
+        self.seq = seq
+        self.owed = 0
+        self.failed = False
+
+    def stored(self, ok: bool) -> None:
+        port = self.port
+        if not ok and not self.failed:  # not stored: no ack, the device sends it again
+            self.failed = True
+            port.counters.errors["not_stored"] = port.counters.errors.get("not_stored", 0) + 1
+        self.owed -= 1
+        if self.owed == 0:
+            port._acking.discard((self.device, self.seq))
+            if not self.failed:
+                port._send_ack(self.device, self.seq)
 
 
 class _Seen:

@@ -1,0 +1,466 @@
+"""An MQTT broker bridged onto subjects, and subjects back onto it.
+
+paho-mqtt (v2 API) speaks the protocol; this module drives it from the event
+loop through its socket callbacks, with no paho thread: the loop watches the
+socket (``add_reader``/``add_writer``) and calls ``loop_read``/``loop_write``,
+a timer calls ``loop_misc`` for keepalive. Only the blocking TCP (and TLS)
+connect runs in a worker thread, and while it runs nothing else touches the
+client.
+
+Import: a message on a topic that an ``import`` rule's filter matches is
+published on the rule's subject. A QoS 1 message whose subject goes to the
+stream is acknowledged to the broker (manual PUBACK) only once the stream
+says it is durable, so a crash in between loses nothing: the broker still
+has it and delivers it again. Export: a message on an ``export`` rule's
+subject is published to its topic; while the broker is away such messages
+wait in a bounded queue, beyond which they are dropped and counted (NATS
+clients never wait for MQTT).
+
+Loops: what the bridge brings in from MQTT is never carried back out (the
+hub does not deliver the bridge's own messages to its subscriptions), and
+what it sends to MQTT is not brought back in (MQTT 5: the No Local
+subscription option; MQTT 3.1.1: the bridge remembers what it sent to topics
+its own filters match and drops those when they come back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from leaf.bridges.mqtt_topics import MappingError, SubjectRoute, TopicRoute, common_topic
+from leaf.bridges.publisher import BridgePublisher
+from leaf.mqtt_config import ExportRule, ImportRule, MqttOptions
+
+if TYPE_CHECKING:
+    from leaf.server import Server
+
+log = logging.getLogger("leaf.mqtt")
+
+CONNACK_TIMEOUT = 10.0
+STABLE = 10.0  # a connection that lasted this long resets the backoff
+READS_PER_WAKEUP = 256  # packets handled per readable event at most
+ECHO_MEMORY = 10000  # messages sent to MQTT that may come back to our filters
+
+
+@dataclass
+class MqttCounters:
+    connects: int = 0
+    received: int = 0  # messages from the broker
+    imported: int = 0  # ... published on subjects
+    acked_durable: int = 0  # QoS 1 acked after the stream stored them
+    not_stored: int = 0  # the stream refused them: not acked, the broker sends them again
+    skipped_retained: int = 0
+    unmappable: int = 0  # topics no subject can carry (invalid UTF-8, too long)
+    echoes: int = 0  # our own exports coming back, dropped
+    exported: int = 0  # messages handed to the broker
+    export_dropped: int = 0  # the queue towards the broker was full
+    export_unmappable: int = 0
+    subscribe_refused: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+class _Import:
+    __slots__ = ("rule", "route")
+
+    def __init__(self, rule: ImportRule) -> None:
+        self.rule = rule
+        self.route = TopicRoute(rule.topic, rule.subject or None)
+
+
+class _Export:
+    __slots__ = ("rule", "route", "echo_prone")
+
+    def __init__(self, rule: ExportRule, echo_prone: bool) -> None:
+        self.rule = rule
+        self.route = SubjectRoute(rule.subject, rule.topic or None)
+        self.echo_prone = echo_prone  # its topics may match our own import filters
+
+
+class MqttBridge:
+    """One broker connection with its import and export rules."""
+
+    def __init__(self, options: MqttOptions, server: Server,
+                 stored: Callable[[bytes], bool]) -> None:
+        self.options = options
+        self.server = server
+        self.stored = stored
+        self.counters = MqttCounters()
+        self.imports = [_Import(r) for r in options.imports]
+        v5 = options.protocol == 5
+        self.exports = [_Export(r, not v5) for r in options.exports]
+        for e in self.exports:
+            e.echo_prone = e.echo_prone and any(
+                common_topic(i.rule.topic, e.route.topic_template) is not None
+                for i in self.imports)
+        self.publisher: BridgePublisher | None = None
+        self.connected = False
+        self.connected_since = 0.0
+        self.last_error = ""
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._sock: Any = None
+        self._generation = 0  # acks owed to an older connection are not sent on a newer one
+        self._connack: asyncio.Future[str] | None = None
+        self._lost: asyncio.Event | None = None
+        self._backlog: deque[tuple[str, bytes, int, bool, bool]] = deque()
+        self._echo: dict[tuple[str, bytes], int] = {}
+        self._progress = 0
+        self._said = ""
+        self.client = self._make_client()
+
+    # -- paho client ---------------------------------------------------------------
+    def _make_client(self) -> paho.Client:
+        o = self.options
+        v5 = o.protocol == 5
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=o.client_id,
+                             clean_session=None if v5 else o.clean_start,
+                             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+                             reconnect_on_failure=False, manual_ack=True)
+        if o.username:
+            client.username_pw_set(o.username, o.password or None)
+        if o.tls is not None:
+            client.tls_set_context(o.tls.context())
+        client.max_inflight_messages_set(o.max_inflight)
+        client.max_queued_messages_set(o.max_queued)
+        props = None
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 0 if o.clean_start else o.session_expiry
+            props.ReceiveMaximum = o.max_inflight
+        client.connect_async(o.host, o.port, o.keepalive, clean_start=o.clean_start if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+                             properties=props)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        return client
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def run(self) -> None:
+        """Connect, serve until the connection drops, back off, again; until close."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self.publisher = BridgePublisher(self.server, self.stored)
+        for e in self.exports:
+            self.publisher.subscribe(e.route.subject_pattern.encode(), self._exporter(e))
+        attempt = 0
+        while not self._closing:
+            started = time.monotonic()
+            try:
+                await self._connect(loop)
+            except (OSError, ConnectionError, TimeoutError, ValueError) as exc:
+                self._fail(_short(exc))
+            else:
+                assert self._lost is not None
+                misc = asyncio.ensure_future(self._keepalive())
+                try:
+                    await self._lost.wait()
+                finally:
+                    misc.cancel()
+                self.connected = False
+                if not self._closing:
+                    self._fail(f"connection lost ({self.last_error or 'closed'})")
+            self._drop_socket()
+            if self._closing:
+                break
+            attempt = 1 if time.monotonic() - started > STABLE else attempt + 1
+            cap = min(self.options.reconnect_max,
+                      self.options.reconnect_min * (2 ** min(attempt - 1, 16)))
+            await asyncio.sleep(random.uniform(self.options.reconnect_min / 2, cap))
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
+        client = self.client
+        self._generation += 1
+        self._lost = asyncio.Event()
+        self._connack = loop.create_future()
+        # paho's reconnect is a blocking connect (and TLS handshake) that then
+        # sends CONNECT; nothing on the loop touches the client meanwhile.
+        rc = await loop.run_in_executor(None, client.reconnect)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise ConnectionError(paho.error_string(rc))
+        sock = client.socket()
+        if sock is None:
+            raise ConnectionError("closed while connecting")
+        self._sock = sock
+        loop.add_reader(sock, self._readable)
+        if client.want_write():
+            loop.add_writer(sock, self._writable)
+        try:
+            why = await asyncio.wait_for(self._connack, CONNACK_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise TimeoutError("no CONNACK from the broker") from None
+        if why:
+            raise ConnectionError(why)
+        self.connected = True
+        self.connected_since = time.time()
+        self.counters.connects += 1
+        self._say(f"connected ({'MQTT 5' if self.options.protocol == 5 else 'MQTT 3.1.1'})",
+                  logging.INFO)
+        self._subscribe()
+        self._drain_backlog()
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self.client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS and self._lost:
+                self._lost.set()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self.connected:
+            self.client.disconnect()
+            self.client.loop_write()
+        self._drop_socket()
+        if self._lost is not None:
+            self._lost.set()
+        if self.publisher is not None:
+            self.publisher.close()
+
+    def _drop_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None and self._loop is not None:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+        if self.client.socket() is not None:
+            try:
+                self.client._sock_close()  # noqa: SLF001  (no public way to drop a dead socket)
+            except Exception:
+                pass
+
+    def _fail(self, why: str) -> None:
+        self.last_error = why
+        self._say(why)
+
+    def _say(self, what: str, level: int = logging.WARNING) -> None:
+        """One log line per change (a broker that stays away is not logged per retry)."""
+        if what == self._said:
+            log.debug("mqtt %s (%s): %s", self.options.label, self.options.address, what)
+            return
+        self._said = what
+        log.log(level, "mqtt %s (%s): %s", self.options.label, self.options.address, what)
+
+    # -- socket callbacks (paho calls them; only the loop thread acts on them) -------------
+    def _readable(self) -> None:
+        client = self.client
+        for _ in range(READS_PER_WAKEUP):
+            before = self._progress
+            rc = client.loop_read()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._progress == before \
+                    or client.socket() is None:
+                break
+        if self.publisher is not None:
+            self.publisher.flush()
+        sock = client.socket()
+        if sock is not None and hasattr(sock, "pending") and sock.pending():
+            self._loop.call_soon(self._readable)  # type: ignore[union-attr]
+
+    def _writable(self) -> None:
+        self.client.loop_write()
+
+    def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if threading.get_ident() == self._loop_thread and self._sock is not None:
+            self._loop.add_writer(self._sock, self._writable)  # type: ignore[union-attr]
+
+    def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if threading.get_ident() == self._loop_thread and self._sock is not None:
+            self._loop.remove_writer(self._sock)  # type: ignore[union-attr]
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if threading.get_ident() != self._loop_thread:
+            return
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock)
+            self._loop.remove_writer(self._sock)
+            self._sock = None
+        if self._lost is not None:
+            self._lost.set()
+
+    # -- protocol callbacks --------------------------------------------------------------
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        self._progress += 1
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result(f"refused: {reason}" if reason.is_failure else "")
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        self._progress += 1
+        if reason is not None and getattr(reason, "is_failure", False):
+            self.last_error = str(reason)
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result(f"closed before CONNACK ({reason})")
+        if self._lost is not None:
+            self._lost.set()
+
+    def _subscribe(self) -> None:
+        if not self.imports:
+            return
+        if self.options.protocol == 5:
+            topics: list[Any] = [
+                (i.rule.topic, SubscribeOptions(qos=i.rule.qos, noLocal=True, retainHandling=1))
+                for i in self.imports]
+        else:
+            topics = [(i.rule.topic, i.rule.qos) for i in self.imports]
+        self.client.subscribe(topics)
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: list[Any],
+                      properties: Any) -> None:
+        self._progress += 1
+        for imp, reason in zip(self.imports, reasons):
+            if reason.is_failure:
+                self.counters.subscribe_refused += 1
+                self._fail(f"subscription to {imp.rule.topic!r} refused ({reason})")
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any,
+                    properties: Any) -> None:
+        self._progress += 1
+
+    # -- MQTT -> subjects --------------------------------------------------------------
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        self._progress += 1
+        c = self.counters
+        c.received += 1
+        qos, mid = msg.qos, msg.mid
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            c.unmappable += 1
+            self._ack(mid, qos, self._generation)
+            return
+        payload = msg.payload
+        if self._echo:
+            key = (topic, payload)
+            left = self._echo.get(key)
+            if left is not None:
+                if left > 1:
+                    self._echo[key] = left - 1
+                else:
+                    del self._echo[key]
+                c.echoes += 1
+                self._ack(mid, qos, self._generation)
+                return
+        for imp in self.imports:
+            try:
+                subject = imp.route.subject_for(topic)
+            except MappingError:
+                subject = None
+                c.unmappable += 1
+                break
+            if subject is None:
+                continue
+            if msg.retain and imp.rule.retained == "skip":
+                c.skipped_retained += 1
+                break
+            assert self.publisher is not None
+            c.imported += 1
+            durable = self._durable(mid, qos, self._generation) if qos else None
+            if self.publisher.publish(subject.encode(), payload, durable):
+                return  # acked once the stream has it
+            break
+        self._ack(mid, qos, self._generation)
+
+    def _durable(self, mid: int, qos: int, generation: int) -> Callable[[bool], None]:
+        def durable(ok: bool) -> None:
+            if ok:
+                self.counters.acked_durable += 1
+                self._ack(mid, qos, generation)
+            else:  # no PUBACK: the broker delivers it again on the next connection
+                self.counters.not_stored += 1
+        return durable
+
+    def _ack(self, mid: int, qos: int, generation: int) -> None:
+        if qos and generation == self._generation and self.client.socket() is not None:
+            self.client.ack(mid, qos)
+
+    # -- subjects -> MQTT --------------------------------------------------------------
+    def _exporter(self, export: _Export) -> Callable[[bytes, bytes, int, bytes], None]:
+        rule = export.rule
+
+        def deliver(subject: bytes, reply: bytes, hdr_len: int, payload: bytes) -> None:
+            body = payload[hdr_len:] if hdr_len > 0 else payload
+            try:
+                topic = export.route.topic_for(subject.decode())
+            except (MappingError, UnicodeDecodeError):
+                topic = None
+            if topic is None:
+                self.counters.export_unmappable += 1
+                return
+            self._send(topic, body, rule.qos, rule.retain, export.echo_prone)
+        return deliver
+
+    def _send(self, topic: str, body: bytes, qos: int, retain: bool, echo_prone: bool) -> None:
+        if not self.connected:
+            if len(self._backlog) >= self.options.max_queued:
+                self.counters.export_dropped += 1
+                return
+            self._backlog.append((topic, body, qos, retain, echo_prone))
+            return
+        if len(getattr(self.client, "_out_packet", ())) >= self.options.max_queued:
+            self.counters.export_dropped += 1  # the broker is not reading
+            return
+        info = self.client.publish(topic, body, qos, retain)
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            self.counters.export_dropped += 1
+            return
+        self.counters.exported += 1
+        if echo_prone:
+            key = (topic, body)
+            self._echo[key] = self._echo.get(key, 0) + 1
+            if len(self._echo) > ECHO_MEMORY:
+                del self._echo[next(iter(self._echo))]
+
+    def _drain_backlog(self) -> None:
+        backlog, self._backlog = self._backlog, deque()
+        for item in backlog:
+            self._send(*item)
+
+    def status(self) -> dict[str, Any]:
+        c = self.counters
+        o = self.options
+        return {
+            "name": o.label, "url": o.address, "client_id": o.client_id,
+            "protocol": "5" if o.protocol == 5 else "3.1.1", "connected": self.connected,
+            "connected_since": _iso(self.connected_since) if self.connected else "",
+            "connects": c.connects, "reconnects": max(0, c.connects - 1),
+            "last_error": self.last_error,
+            "imports": [{"topic": i.rule.topic, "subject": i.route.subject_template, "qos": i.rule.qos}
+                        for i in self.imports],
+            "exports": [{"subject": e.rule.subject, "topic": e.route.topic_template, "qos": e.rule.qos}
+                        for e in self.exports],
+            "received": c.received, "imported": c.imported, "acked_durable": c.acked_durable,
+            "waiting_durable": self.publisher.waiting if self.publisher else 0,
+            "not_stored": c.not_stored, "skipped_retained": c.skipped_retained,
+            "unmappable": c.unmappable, "echoes_dropped": c.echoes, "exported": c.exported,
+            "export_queued": len(self._backlog), "export_dropped": c.export_dropped,
+            "export_unmappable": c.export_unmappable, "subscribe_refused": c.subscribe_refused,
+        }
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the broker's host ({exc.strerror})"
+    text = str(exc) or exc.__class__.__name__
+    return text.splitlines()[0][:200]
