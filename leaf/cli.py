@@ -1,8 +1,10 @@
-"""`leaf run|stream`: the command line, and the only place that sets up logging.
+"""`leaf run|stream|boards|mqtt|sub|pub`: the command line, and the only place
+that sets up logging.
 
 `leaf run` accepts nats-server's common flags, so anything that launches
 nats-server can launch leaf. `leaf stream ...` (stream_cli) reads the local
-stream's files.
+stream's files, `leaf mqtt ...` (mqtt_cli) shows topic mappings and lints
+MQTT rules, `leaf sub|pub` (client_cli) take a quick look at a running server.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import sys
 from typing import Sequence
 
-from leaf import __version__, boards, stream_cli
+from leaf import __version__, boards, client_cli, mqtt_cli, stream_cli
 from leaf.errors import ConfigError, LeafError
 
 
@@ -42,6 +44,10 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--upstream", action="append", metavar="URL",
                    help="hub leafnodes URL to connect to as a leaf node, e.g. "
                         "nats-leaf://hub:7422 (repeatable; replaces upstream.urls)")
+    p.add_argument("--serial", action="append", metavar="PORT",
+                   help="read a sensor on this serial port (device path or pyserial URL) with "
+                        "the default [[serial]] settings: readings on sensors.{device}.{key}, "
+                        "commands from cmd.{device} (repeatable; added to the config's ports)")
     p.add_argument("-sd", "--store_dir", metavar="DIR",
                    help="directory of the local stream (replaces stream.dir; needs a [stream] "
                         "table in the config)")
@@ -54,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parser(sub)
     stream_cli.add_parser(sub)
     boards.add_parser(sub)
+    mqtt_cli.add_parser(sub)
+    client_cli.add_parser(sub)
     return parser
 
 
@@ -88,7 +96,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         tls=args.tls, tlscert=args.tlscert, tlskey=args.tlskey, tlsverify=args.tlsverify,
         tlscacert=args.tlscacert, debug=args.debug or args.debug_trace,
         trace=args.trace or args.debug_trace, log_file=args.log_file, upstream=args.upstream,
-        store_dir=args.store_dir)
+        store_dir=args.store_dir, serial=args.serial)
     cfg = config.finalize(cfg)
     _setup_logging(cfg.debug, cfg.trace, cfg.log_file)
     runner = asyncio.run
@@ -123,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return stream_cli.run(args)
         if args.command == "boards":
             return boards.run(args)
+        if args.command == "mqtt":
+            return mqtt_cli.run(args)
+        if args.command in ("sub", "pub"):
+            return client_cli.run(args)
     except ConfigError as exc:
         print(f"leaf: configuration error: {exc}", file=sys.stderr)
         return 2

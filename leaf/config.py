@@ -487,6 +487,8 @@ def with_flags(cfg: Config, **flags: Any) -> Config:
         changes["upstream"] = _upstream_flags(cfg, given["upstream"])
     if "store_dir" in given:
         changes["stream"] = _store_dir_flag(cfg, given["store_dir"])
+    if given.get("serial"):
+        changes["serial"] = _serial_flags(cfg, given["serial"])
     out = replace(cfg, **changes)
     out.authenticator()
     return out
@@ -521,6 +523,19 @@ def _upstream_flags(cfg: Config, urls: list[str]) -> UpstreamOptions:
     if cfg.upstream is None:
         return UpstreamOptions(urls=parsed)
     return replace(cfg.upstream, urls=parsed)
+
+
+def _serial_flags(cfg: Config, ports: list[str]) -> tuple[Any, ...]:
+    """--serial PORT adds a port with the default settings (commands from cmd.{device})."""
+    from leaf.serial_config import parse_serial
+
+    flagged = [{"port": port, "commands": "cmd.{device}"} for port in ports]
+    for i, port in enumerate(ports):
+        if not port:
+            raise ConfigError("--serial: is empty")
+        if any(p.port == port for p in cfg.serial) or port in ports[:i]:
+            raise ConfigError(f"--serial: {port} is given twice (flag or config)")
+    return cfg.serial + parse_serial(flagged)
 
 
 def _store_dir_flag(cfg: Config, directory: str) -> StreamOptions:
