@@ -14,7 +14,7 @@ PERIOD_MS = 5000
 WATCHDOG_MS = 8000  # the RP2040's longest watchdog timeout is about 8.3 s
 
 
-def main():
+def main() -> None:
     uart = UART(board.UART_ID, baudrate=board.BAUD, tx=Pin(board.UART_TX),
                 rx=Pin(board.UART_RX))
     i2c = I2C(board.I2C_ID, sda=Pin(board.I2C_SDA), scl=Pin(board.I2C_SCL),

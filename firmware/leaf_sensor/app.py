@@ -16,11 +16,14 @@ keys only grows, so the encoder is rebuilt only when a new key first appears; wi
 that hand back the same dict, a sampling step allocates next to nothing.
 """
 
+TYPE_CHECKING = False  # type checkers take it as true (see ticks.py); MicroPython has no typing
+if TYPE_CHECKING:
+    from typing import Any
+
 try:
     from micropython import const
 except ImportError:  # CPython, for host-side tools
-    def const(x):
-        return x
+    const = lambda x: x  # noqa: E731 (for mypy a def would have to match the stub)
 
 from .decoder import Ack, FrameDecoder
 from .frame import ReadingEncoder
@@ -32,7 +35,7 @@ _NAN = float("nan")
 _MAX_SLEEP_MS = const(20)  # run(): how long the loop may doze before looking at the UART
 
 
-def _random_boot():
+def _random_boot() -> int:
     try:
         from os import urandom
         b = urandom(4)
@@ -43,10 +46,10 @@ def _random_boot():
         from random import getrandbits
         return getrandbits(32)
     except ImportError:
-        return ticks_ms() & 0xFFFFFFFF
+        return ticks_diff(ticks_ms(), 0) & 0xFFFFFFFF  # a ticks value is not an int as such
 
 
-def make_watchdog(timeout_ms):
+def make_watchdog(timeout_ms: int):
     """machine.WDT(timeout=timeout_ms) where the port has one, else None (unix, CPython)."""
     try:
         from machine import WDT
@@ -65,9 +68,10 @@ class SensorNode:
     and its cap; ``queue`` frames at most are kept; ``max_payload`` bounds a frame's body.
     """
 
-    def __init__(self, uart, device, sensors, period_ms, boot=None, ack=True, clock=ticks_ms,
-                 now_ms=None, wdt=None, watchdog_ms=0, queue=8, resend_ms=2000,
-                 resend_max_ms=60000, max_payload=256, sleep=sleep_ms):
+    def __init__(self, uart, device: str, sensors, period_ms: int, boot: int | None = None,
+                 ack: bool = True, clock=ticks_ms, now_ms=None, wdt=None, watchdog_ms: int = 0,
+                 queue: int = 8, resend_ms: int = 2000, resend_max_ms: int = 60000,
+                 max_payload: int = 256, sleep=sleep_ms) -> None:
         if period_ms < 1:
             raise ValueError("period_ms must be positive")
         if not is_name(device):
@@ -87,31 +91,33 @@ class SensorNode:
         self.sleep = sleep
         self.max_payload = max_payload
         self.seq = 0  # the seq of the next reading frame
-        self.values = {}  # every key ever read -> its latest value (reused frame to frame)
-        self._encoder = None
+        # every key ever read -> its latest value (reused frame to frame)
+        self.values: dict[str, object] = {}
+        self._encoder: ReadingEncoder | None = None
         self._keys = 0
-        self._sensor_keys = [()] * len(self.sensors)
+        self._sensor_keys: list[tuple[str, ...]] = [()] * len(self.sensors)
         self.decoder = FrameDecoder(device)
         self.resend = None
         if self.ack:
             # a slot holds the largest frame the encoder can make
             self.resend = ResendQueue(queue, encoded_size(max_payload), resend_ms,
                                       resend_max_ms)
-        self._handlers = {}
-        self._next = None  # ticks_ms of the next sample; None: sample at the first poll
+        self._handlers: dict = {}  # name -> handler(args)
+        # clock()'s ticks of the next sample (opaque to the stubs); None: sample at the first poll
+        self._next: Any = None
         self.sent = 0  # reading frames written (first sends, not resends)
         self.sensor_errors = 0
         self.command_errors = 0  # handlers that raised
         self.unknown_commands = 0
         self.encode_errors = 0  # samples not sent: over max_payload, or a value not sendable
         self.bad_keys = 0  # reading keys dropped: not 1-32 of A-Z a-z 0-9 _ -
-        self.last_error = None
+        self.last_error: Exception | None = None
 
-    def on_command(self, name, handler):
+    def on_command(self, name: str, handler) -> None:
         """``handler(args)`` runs for each command ``name`` from leaf (args: a dict)."""
         self._handlers[name] = handler
 
-    def poll(self, now=None):
+    def poll(self, now=None) -> None:
         """One scheduler step at ``now`` (ticks_ms; clock() if None).
 
         It never waits on its own; a sampling step takes what the sensors' reads take (a
@@ -133,7 +139,7 @@ class SensorNode:
                 write(frame)
         self._receive()
 
-    def until_next(self, now=None):
+    def until_next(self, now=None) -> int:
         """ms until the next sample is due (0 if it is due now)."""
         if self._next is None:
             return 0
@@ -142,7 +148,7 @@ class SensorNode:
         d = ticks_diff(self._next, now)
         return d if d > 0 else 0
 
-    def run(self, loops=-1):
+    def run(self, loops: int = -1) -> None:
         """poll() forever (or ``loops`` times), feeding the watchdog and dozing in between."""
         wdt = self.wdt
         if wdt is None and self.watchdog_ms > 0:

@@ -13,7 +13,7 @@ from struct import pack_into, unpack_from
 _MAX_DEPTH = 8  # nesting we accept when decoding: recursion is costly on a microcontroller
 
 
-def put_head(buf, off, major, n):
+def put_head(buf, off: int, major: int, n: int) -> int:
     """The head of major type ``major`` with argument ``n`` (0 <= n < 2**64)."""
     m = major << 5
     if n < 24:
@@ -36,7 +36,7 @@ def put_head(buf, off, major, n):
     return off + 1 + size
 
 
-def put_bytes(buf, off, data):
+def put_bytes(buf, off: int, data) -> int:
     """Copies already-encoded bytes (a pre-encoded key, say)."""
     end = off + len(data)
     if end > len(buf):  # a slice store past the end would grow a bytearray
@@ -45,19 +45,19 @@ def put_bytes(buf, off, data):
     return end
 
 
-def put_text(buf, off, s):
+def put_text(buf, off: int, s: str) -> int:
     raw = s.encode()
     return put_bytes(buf, put_head(buf, off, 3, len(raw)), raw)
 
 
-def text_item(s):
+def text_item(s: str) -> bytes:
     """The whole CBOR item of text ``s``, to copy later without encoding it again."""
     raw = s.encode()
     buf = bytearray(9 + len(raw))
     return bytes(buf[:put_bytes(buf, put_head(buf, 0, 3, len(raw)), raw)])
 
 
-def put_value(buf, off, v):
+def put_value(buf, off: int, v) -> int:
     """A reading or argument value: bool, int (-2**64 <= v < 2**64), float or text."""
     if v is True or v is False:
         buf[off] = 0xF5 if v else 0xF4
@@ -173,20 +173,26 @@ def _item(buf, i, end, depth):
         return (raw if major == 2 else str(raw, "utf-8")), i + n
     if major == 6:
         return _item(buf, i, end, depth + 1)  # a tag: its content stands for it
-    out = [] if major == 4 else {}
+    if major == 4:
+        items: list = []
+        while n != 0:
+            if n < 0 and i < end and buf[i] == 0xFF:
+                return items, i + 1
+            item, i = _item(buf, i, end, depth + 1)
+            items.append(item)
+            n -= 1
+        return items, i
+    pairs: dict = {}
     while n != 0:
         if n < 0 and i < end and buf[i] == 0xFF:
-            return out, i + 1
-        item, i = _item(buf, i, end, depth + 1)
-        if major == 4:
-            out.append(item)
-        else:  # item was the key
-            out[item], i = _item(buf, i, end, depth + 1)
+            return pairs, i + 1
+        key, i = _item(buf, i, end, depth + 1)
+        pairs[key], i = _item(buf, i, end, depth + 1)
         n -= 1
-    return out, i
+    return pairs, i
 
 
-def decode(buf, start, end):
+def decode(buf, start: int, end: int):
     """The one CBOR item that fills buf[start:end]; ValueError (or another error) if not."""
     value, i = _item(buf, start, end, 0)
     if i != end:

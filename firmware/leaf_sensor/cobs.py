@@ -6,7 +6,7 @@ canonical form that firmware/vectors.json pins). Neither function allocates.
 """
 
 
-def encode(src, n, dst):
+def encode(src, n: int, dst) -> int:
     """COBS of src[0:n] into dst, then the 0x00 delimiter; returns the frame's length.
 
     dst needs wire.encoded_size(n) bytes.
@@ -38,7 +38,7 @@ def encode(src, n, dst):
     return out + 1
 
 
-def decode(buf, n):
+def decode(buf, n: int) -> int:
     """Decodes the frame buf[0:n] (no delimiter) in place; returns its length, -1 if malformed.
 
     In place is safe: the write position never passes the read position.

@@ -5,7 +5,7 @@ bytes costs time. Works on a region of a buffer, so no slice is ever made; alloc
 """
 
 
-def crc16(buf, start, end, crc=0xFFFF):
+def crc16(buf, start: int, end: int, crc: int = 0xFFFF) -> int:
     """The CRC of buf[start:end], continuing from ``crc``."""
     for i in range(start, end):
         crc ^= buf[i] << 8

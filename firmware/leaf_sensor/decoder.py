@@ -16,7 +16,7 @@ from .wire import (KEY_ARGS, KEY_DEVICE, KEY_KIND, KEY_NAME, KEY_SEQ, KIND_ACK, 
 class Ack:
     """Reading ``seq`` is durable in leaf: drop it from the resend queue."""
 
-    def __init__(self, device, seq):
+    def __init__(self, device: str, seq: int) -> None:
         self.device = device
         self.seq = seq
 
@@ -27,7 +27,7 @@ class Ack:
 class Command:
     """Command ``name`` with ``args`` (a dict, maybe empty); ``seq`` is leaf's counter."""
 
-    def __init__(self, device, seq, name, args):
+    def __init__(self, device: str, seq: int, name: str, args: dict) -> None:
         self.device = device
         self.seq = seq
         self.name = name
@@ -76,7 +76,7 @@ class FrameDecoder:
     are ignored, counted in ``ignored``.
     """
 
-    def __init__(self, device=None):
+    def __init__(self, device: str | None = None) -> None:
         self.device = device
         self._buf = bytearray(MAX_ENCODED)
         self._n = 0
@@ -85,9 +85,9 @@ class FrameDecoder:
         self.frames = 0
         self.ignored = 0
 
-    def feed(self, data, n=-1):
+    def feed(self, data, n: int = -1) -> list[Ack | Command]:
         """Takes data[0:n] (all of it if n < 0); returns a list of Ack and Command."""
-        out = []
+        out: list[Ack | Command] = []
         buf = self._buf
         size = len(buf)
         for i in range(len(data) if n < 0 else n):

@@ -22,7 +22,8 @@ def _utf8(s):
 class ReadingEncoder:
     """Encodes readings of ``device`` with a fixed set of ``keys`` (sorted as WIRE.md says)."""
 
-    def __init__(self, device, keys, boot, ack=False, max_payload=MAX_PAYLOAD):
+    def __init__(self, device: str, keys: list[str], boot: int, ack: bool = False,
+                 max_payload: int = MAX_PAYLOAD) -> None:
         if not is_name(device):
             raise ValueError("bad device name")
         for k in keys:
@@ -49,7 +50,7 @@ class ReadingEncoder:
         self._frame = bytearray(encoded_size(max_payload))
         self.frame = memoryview(self._frame)
 
-    def encode(self, seq, values, time=None):
+    def encode(self, seq: int, values: dict, time: int | None = None) -> int:
         """Encodes one reading into ``self.frame``; returns the frame's length (0x00 included).
 
         ``values`` maps every key to its value (other entries are ignored); ``time`` is the
@@ -92,7 +93,8 @@ class ReadingEncoder:
         return cobs.encode(b, off + 2, self._frame)
 
 
-def encode_reading(device, seq, readings, boot, time=None, ack=False):
+def encode_reading(device: str, seq: int, readings: dict, boot: int, time: int | None = None,
+                   ack: bool = False) -> bytes:
     """One frame as bytes, through a throwaway encoder (allocates: for tools and tests)."""
     enc = ReadingEncoder(device, list(readings), boot, ack)
     n = enc.encode(seq, readings, time)

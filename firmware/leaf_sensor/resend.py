@@ -10,8 +10,7 @@ time, capped at ``max_ms``. When every slot is taken the oldest frame is dropped
 try:
     from micropython import const
 except ImportError:  # CPython, for host-side tools
-    def const(x):
-        return x
+    const = lambda x: x  # noqa: E731 (for mypy a def would have to match the stub)
 
 from .ticks import ticks_add, ticks_diff, ticks_ms
 
@@ -21,7 +20,8 @@ _FREE = const(-1)
 class ResendQueue:
     """Up to ``capacity`` frames of at most ``slot_size`` bytes each."""
 
-    def __init__(self, capacity=8, slot_size=256, first_ms=2000, max_ms=60000):
+    def __init__(self, capacity: int = 8, slot_size: int = 256, first_ms: int = 2000,
+                 max_ms: int = 60000) -> None:
         if capacity < 1 or slot_size < 2 or first_ms < 1 or max_ms < first_ms:
             raise ValueError("bad resend queue settings")
         self.capacity = capacity
@@ -40,10 +40,10 @@ class ResendQueue:
         self.resent = 0  # frames handed out again by due()
         self.acked = 0
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.count
 
-    def add(self, seq, frame, now=None, n=-1):
+    def add(self, seq: int, frame, now=None, n: int = -1) -> None:
         """Keeps frame[0:n] (all of it if n < 0), sent at ``now`` (ticks_ms() if None),
         until ``ack(seq)``."""
         if now is None:
@@ -70,7 +70,7 @@ class ResendQueue:
             self._renumber()
         self.count += 1
 
-    def ack(self, seq):
+    def ack(self, seq: int) -> int:
         """Drops the frames with this seq; returns how many there were."""
         lens = self._len
         seqs = self._seq
@@ -83,7 +83,7 @@ class ResendQueue:
         self.acked += found
         return found
 
-    def any_due(self, now):
+    def any_due(self, now) -> bool:
         """Whether due(now) would yield anything (allocates nothing, unlike a generator)."""
         lens = self._len
         for i in range(self.capacity):
@@ -113,7 +113,7 @@ class ResendQueue:
             self.resent += 1
             yield self._views[best][0:lens[best]]
 
-    def seqs(self):
+    def seqs(self) -> list[int]:
         """The seqs waiting for an ack, oldest first (allocates: for tests and status)."""
         order = [i for i in range(self.capacity) if self._len[i] != _FREE]
         order.sort(key=lambda i: self._age[i])

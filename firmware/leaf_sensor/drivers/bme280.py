@@ -13,8 +13,7 @@ code's truncating division is kept). ``read()`` returns {"temp": degC, "pressure
 try:
     from micropython import const
 except ImportError:  # CPython
-    def const(x):
-        return x
+    const = lambda x: x  # noqa: E731 (for mypy a def would have to match the stub)
 
 from ..ticks import sleep_ms, ticks_diff, ticks_ms
 
@@ -127,8 +126,9 @@ def compensate_humidity(c, adc_h, t_fine):
 class BME280:
     """One BME280 at ``addr`` on ``i2c``; each ``read()`` triggers one forced measurement."""
 
-    def __init__(self, i2c, addr=ADDR, names=("temp", "pressure", "humidity"),
-                 timeout_ms=50, sleep=sleep_ms):
+    def __init__(self, i2c, addr: int = ADDR,
+                 names: tuple[str, str, str] = ("temp", "pressure", "humidity"),
+                 timeout_ms: int = 50, sleep=sleep_ms) -> None:
         self.i2c = i2c
         self.addr = addr
         self.names = names
@@ -142,7 +142,7 @@ class BME280:
         self._buf = bytearray(8)
         self._one = bytearray(1)
         self._into = getattr(i2c, "readfrom_mem_into", None)
-        self._out = {}
+        self._out: dict[str, float] = {}
         # sleep mode while configuring; no IIR filter, standby irrelevant in forced mode
         self._write(_REG_CTRL_MEAS, 0)
         self._write(_REG_CONFIG, 0)
@@ -158,7 +158,7 @@ class BME280:
         else:
             buf[:] = self.i2c.readfrom_mem(self.addr, reg, len(buf))
 
-    def measure(self):
+    def measure(self) -> tuple[int, int, int]:
         """Raw (adc_t, adc_p, adc_h) of one forced measurement (x1 oversampling)."""
         self._write(_REG_CTRL_HUM, _OVERSAMPLE_1)
         self._write(_REG_CTRL_MEAS, (_OVERSAMPLE_1 << 5) | (_OVERSAMPLE_1 << 2) | _MODE_FORCED)
@@ -180,7 +180,7 @@ class BME280:
         adc_h = (b[6] << 8) | b[7]
         return adc_t, adc_p, adc_h
 
-    def read(self):
+    def read(self) -> dict[str, float]:
         adc_t, adc_p, adc_h = self.measure()
         c = self.calibration
         t, t_fine = compensate_temperature(c, adc_t)

@@ -13,8 +13,7 @@ and returns {"temp": degC}, reusing one dict.
 try:
     from micropython import const
 except ImportError:  # CPython
-    def const(x):
-        return x
+    const = lambda x: x  # noqa: E731 (for mypy a def would have to match the stub)
 
 from ..ticks import sleep_ms
 
@@ -23,7 +22,7 @@ _CONVERT_T = const(0x44)
 _READ_SCRATCHPAD = const(0xBE)
 
 
-def crc8(data, n=-1):
+def crc8(data, n: int = -1) -> int:
     """Dallas/Maxim CRC-8 of data[0:n]; a block followed by its CRC gives 0."""
     crc = 0
     for i in range(len(data) if n < 0 else n):
@@ -38,14 +37,15 @@ def crc8(data, n=-1):
 
 
 class DS18B20:
-    def __init__(self, ow, rom=None, name="temp", conv_ms=750, sleep=sleep_ms):
+    def __init__(self, ow, rom=None, name: str = "temp", conv_ms: int = 750,
+                 sleep=sleep_ms) -> None:
         self.ow = ow
         self.rom = rom
         self.name = name
         self.conv_ms = conv_ms
         self.sleep = sleep
         self._buf = bytearray(9)
-        self._out = {}
+        self._out: dict[str, float] = {}
         self.crc_errors = 0
 
     def _address(self):
@@ -77,7 +77,7 @@ class DS18B20:
             raise ValueError("DS18B20 scratchpad CRC mismatch")
         return buf
 
-    def temperature(self):
+    def temperature(self) -> float:
         """degC of the last conversion (12-bit: steps of 1/16 degC)."""
         buf = self.read_scratchpad()
         raw = buf[0] | (buf[1] << 8)
@@ -85,7 +85,7 @@ class DS18B20:
             raw -= 0x10000
         return raw / 16
 
-    def read(self):
+    def read(self) -> dict[str, float]:
         self.convert()
         self.sleep(self.conv_ms)
         self._out[self.name] = self.temperature()
