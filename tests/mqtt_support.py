@@ -111,9 +111,18 @@ class Broker:
         self.start()
 
 
+def broker_kind() -> str:
+    """mosquitto when installed, else amqtt; LEAF_TEST_MQTT_BROKER=amqtt forces the fallback."""
+    forced = os.environ.get("LEAF_TEST_MQTT_BROKER", "")
+    if forced:
+        assert forced in ("mosquitto", "amqtt"), f"LEAF_TEST_MQTT_BROKER={forced!r}"
+        return forced
+    return "mosquitto" if mosquitto_binary() else "amqtt"
+
+
 def start_broker(extra: str = "") -> Broker:
     """Start a fresh broker on a free port."""
-    kind = "mosquitto" if mosquitto_binary() else "amqtt"
+    kind = broker_kind()
     workdir = Path(tempfile.mkdtemp(prefix="mqtt-test-"))
     return Broker(kind, free_port(), workdir, extra=extra).start()
 

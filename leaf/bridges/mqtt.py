@@ -108,6 +108,7 @@ class MqttBridge:
                 for i in self.imports)
         self.publisher: BridgePublisher | None = None
         self.connected = False
+        self.subscribed = False  # the broker granted every import filter on this connection
         self.connected_since = 0.0
         self.last_error = ""
         self._closing = False
@@ -176,7 +177,7 @@ class MqttBridge:
                     await self._lost.wait()
                 finally:
                     misc.cancel()
-                self.connected = False
+                self.connected = self.subscribed = False
                 if not self._closing:
                     self._fail(f"connection lost ({self.last_error or 'closed'})")
             self._drop_socket()
@@ -313,6 +314,7 @@ class MqttBridge:
 
     def _subscribe(self) -> None:
         if not self.imports:
+            self.subscribed = True
             return
         if self.options.protocol == 5:
             topics: list[Any] = [
@@ -325,10 +327,13 @@ class MqttBridge:
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: list[Any],
                       properties: Any) -> None:
         self._progress += 1
+        refused = False
         for imp, reason in zip(self.imports, reasons):
             if reason.is_failure:
+                refused = True
                 self.counters.subscribe_refused += 1
                 self._fail(f"subscription to {imp.rule.topic!r} refused ({reason})")
+        self.subscribed = not refused
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
@@ -439,6 +444,7 @@ class MqttBridge:
         return {
             "name": o.label, "url": o.address, "client_id": o.client_id,
             "protocol": "5" if o.protocol == 5 else "3.1.1", "connected": self.connected,
+            "subscribed": self.subscribed,
             "connected_since": _iso(self.connected_since) if self.connected else "",
             "connects": c.connects, "reconnects": max(0, c.connects - 1),
             "last_error": self.last_error,
