@@ -3,6 +3,11 @@
 # Copy it to the board's root as main.py, next to the leaf_sensor package:
 #   mpremote mip install firmware/   then   mpremote cp firmware/main.py :main.py
 # The pins come from leaf_sensor/board.py (rendered from leaf/boards/pico.toml).
+# While a file named leaf_hold exists on the board, main.py does not start (nor its
+# watchdog), so the board stays at the REPL for maintenance: tools/flash.py creates it
+# before copying and removes it after.
+import os
+
 from machine import I2C, UART, Pin
 
 from leaf_sensor import board
@@ -12,6 +17,7 @@ from leaf_sensor.drivers.bme280 import BME280
 DEVICE = "pico1"  # 1-32 of A-Z a-z 0-9 _ - : becomes a subject token on the gateway
 PERIOD_MS = 5000
 WATCHDOG_MS = 8000  # the RP2040's longest watchdog timeout is about 8.3 s
+HOLD = "leaf_hold"
 
 
 def main() -> None:
@@ -25,4 +31,15 @@ def main() -> None:
     node.run()
 
 
-main()
+def held() -> bool:
+    try:
+        os.stat(HOLD)
+        return True
+    except OSError:
+        return False
+
+
+if held():
+    print("leaf sensor: held by the file", HOLD, "- remove it and reset to run")
+else:
+    main()

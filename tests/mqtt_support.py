@@ -24,6 +24,8 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from conftest import free_port
 
@@ -122,9 +124,13 @@ def broker_kind() -> str:
 
 def start_broker(extra: str = "") -> Broker:
     """Start a fresh broker on a free port."""
-    kind = broker_kind()
+    return reserve_broker(extra).start()
+
+
+def reserve_broker(extra: str = "") -> Broker:
+    """A broker with its port and directory chosen but not started yet (``.start()`` it)."""
     workdir = Path(tempfile.mkdtemp(prefix="mqtt-test-"))
-    return Broker(kind, free_port(), workdir, extra=extra).start()
+    return Broker(broker_kind(), free_port(), workdir, extra=extra)
 
 
 @dataclass
@@ -142,6 +148,7 @@ class Sensor:
     broker: Broker
     client_id: str = ""
     protocol: int = 4
+    clean: bool = True  # False: the broker keeps the session (and queues QoS 1) while away
     messages: list[Received] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
     client: Any = None
@@ -149,11 +156,18 @@ class Sensor:
     def __post_init__(self) -> None:
         v5 = self.protocol == 5
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                  clean_session=None if v5 else self.clean,
                                   protocol=paho.MQTTv5 if v5 else paho.MQTTv311)
         self.client.on_message = self._on_message
         connected = threading.Event()
         self.client.on_connect = lambda *a: connected.set()
-        self.client.connect("127.0.0.1", self.broker.port, 30)
+        props = None
+        if v5 and not self.clean:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+        self.client.connect("127.0.0.1", self.broker.port, 30,
+                            clean_start=self.clean if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+                            properties=props)
         self.client.loop_start()
         assert connected.wait(10), "paho client could not connect to the broker"
 
@@ -173,6 +187,13 @@ class Sensor:
         info = self.client.publish(topic, payload, qos, retain)
         info.wait_for_publish(10)
         assert info.is_published(), f"publish to {topic} not acknowledged by the broker"
+
+    def publish_many(self, messages: list[tuple[str, bytes]], qos: int = 1) -> None:
+        """Publish all without waiting for each, then wait until the broker acknowledged all."""
+        infos = [self.client.publish(topic, payload, qos) for topic, payload in messages]
+        for info in infos:
+            info.wait_for_publish(30)
+            assert info.is_published(), "a publish was not acknowledged by the broker"
 
     def wait_messages(self, n: int, timeout: float = 10.0) -> list[Received]:
         with self.cond:

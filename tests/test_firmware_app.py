@@ -409,3 +409,17 @@ def test_main_wires_a_pico_and_sends_bme280_readings() -> None:
     (msg,) = decode_all(got["tx"])
     assert msg.device == "pico1" and msg.seq == 0 and msg.ack
     assert msg.readings["temp"] == 25.08 and abs(msg.readings["pressure"] - 100653.25) < 0.1
+
+
+def test_main_stays_at_the_repl_while_held(tmp_path: Path) -> None:
+    """With leaf_hold on the board (tools/flash.py puts it there while copying), main.py
+    starts nothing: no UART, no watchdog that would reset the board mid-copy."""
+    fake = Path(__file__).resolve().parent / "micropython" / "fake_pico"
+    env = {**os.environ, "MICROPYPATH": f"{fake}:{FIRMWARE}:.frozen",
+           "LEAF_FAKE_I2C": json.dumps(bme280_regs(CAL, ADC_T, ADC_P, 30000))}
+    (tmp_path / "leaf_hold").write_text("")
+    proc = subprocess.run([tool("micropython"), str(FIRMWARE / "main.py")], env=env,
+                          capture_output=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert proc.stdout.decode().strip() == "leaf sensor: held by the file leaf_hold - remove " \
+                                           "it and reset to run"

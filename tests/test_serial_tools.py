@@ -333,7 +333,9 @@ def test_flash_dry_run_prints_the_mpremote_commands(tmp_path: Path) -> None:
     assert f"fs cp -r {ROOT / 'firmware' / 'leaf_sensor'} :" in joined
     assert f"fs cp {tmp_path / 'board.py'} :leaf_sensor/board.py" in joined
     assert f"fs cp {ROOT / 'firmware' / 'main.py'} :main.py" in joined
-    assert lines[-1] == "mpremote connect /dev/ttyACM0 reset"
+    # held first (main.py and its watchdog do not start while copying), released last
+    assert lines[0] == "mpremote connect /dev/ttyACM0 fs touch :leaf_hold + reset"
+    assert lines[-1].endswith("+ fs rm :leaf_hold + reset")
     # the package first, then the rendered board.py over the package's own
     assert joined.index("-r ") < joined.index(":leaf_sensor/board.py")
     rendered = (tmp_path / "board.py").read_text()

@@ -162,3 +162,20 @@ def test_cli_lists_the_new_commands() -> None:
     text = parser.format_help()
     for command in ("mqtt", "sub", "pub"):
         assert command in text
+
+
+def test_the_readmes_zigbee2mqtt_block_is_valid_and_lint_clean(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## MQTT sensors"):]
+    block = section[section.index("```toml") + len("```toml"):]
+    block = block[:block.index("```")]
+    cfg = tmp_path / "z2m.toml"
+    cfg.write_text(block)
+    loaded = config.load(cfg)
+    assert loaded.mqtt and loaded.stream is not None
+    got = _leaf("mqtt", "check", str(cfg))
+    assert got.returncode == 0, got.stdout + got.stderr
+    state = _leaf("mqtt", "map", "-c", str(cfg), "zigbee2mqtt/living room lamp")
+    assert state.stdout.split("\t")[0] == "z2m.living%20room%20lamp.state"
+    back = _leaf("mqtt", "map", "-c", str(cfg), "--subject", "z2m.living%20room%20lamp.set")
+    assert back.stdout.split("\t")[0] == "zigbee2mqtt/living room lamp/set"

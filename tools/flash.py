@@ -13,11 +13,13 @@ missing or a command failed, 2 a bad profile or argument.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,15 +32,32 @@ from render_board import render  # noqa: E402
 from leaf import boards  # noqa: E402
 from leaf.errors import ConfigError  # noqa: E402
 
+HOLD = "leaf_hold"  # while this file exists on the board, firmware/main.py does not start
+
+
 def commands(mpremote: str, port: str, board_py: Path, main_py: Path) -> list[list[str]]:
-    """The mpremote invocations, in order."""
+    """The mpremote invocations, in order. The first holds the firmware (and so its
+    watchdog, which would reset the board in the middle of a copy) and resets the
+    board; the second copies everything, releases the hold and resets again."""
     connect = [mpremote, "connect", port]
     return [
-        connect + ["fs", "cp", "-r", str(FIRMWARE / "leaf_sensor"), ":"],
-        connect + ["fs", "cp", str(board_py), ":leaf_sensor/board.py"],
-        connect + ["fs", "cp", str(main_py), ":main.py"],
-        connect + ["reset"],
+        connect + ["fs", "touch", f":{HOLD}", "+", "reset"],
+        connect + ["fs", "cp", "-r", str(FIRMWARE / "leaf_sensor"), ":",
+                   "+", "fs", "cp", str(board_py), ":leaf_sensor/board.py",
+                   "+", "fs", "cp", str(main_py), ":main.py",
+                   "+", "fs", "rm", f":{HOLD}", "+", "reset"],
     ]
+
+
+def wait_for_board(port: str, timeout: float = 15.0) -> None:
+    """After a hard reset the board's USB port goes away and comes back."""
+    time.sleep(1.5)
+    if not port.startswith("/dev/"):
+        time.sleep(1.5)
+        return
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(port) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"flash: {shlex.join(cmd)} failed (exit status {done.returncode})",
                       file=sys.stderr)
                 return 1
+            if cmd is not cmds[-1]:
+                wait_for_board(args.port)
     finally:
         if not args.build_dir:
             shutil.rmtree(tmp, ignore_errors=True)
