@@ -170,6 +170,9 @@ class MqttBridge:
                 await self._connect(loop)
             except (OSError, ConnectionError, TimeoutError, ValueError) as exc:
                 self._fail(_short(exc))
+            except Exception as exc:  # a paho surprise must not end the bridge
+                log.exception("mqtt %s: unexpected error while connecting", self.options.label)
+                self._fail(_short(exc))
             else:
                 assert self._lost is not None
                 misc = asyncio.ensure_future(self._keepalive())
