@@ -4,6 +4,7 @@
     python tools/bench.py --quick    # smoke run (small counts, 1 run), < 60 s
     python tools/bench.py --uplink   # leaf-node uplink workloads: bench_uplink.py
     python tools/bench.py --stream   # local stream (store and forward): bench_stream.py
+    python tools/bench.py --serial   # serial sensor port at 115 200 baud: bench_serial.py
     options: --scale F, --runs N, --only nats|leaf, --leaf-cmd "CMD {port}",
              --filter SUBSTR, --stall SECONDS, --no-pin, --json FILE
 
@@ -657,6 +658,8 @@ def arg_parser(uplink_doc: str = "") -> argparse.ArgumentParser:
                         " workloads instead (tools/bench_uplink.py; --uplink --help)")
         ap.add_argument("--stream", action="store_true", help="run the local stream "
                         "workloads instead (tools/bench_stream.py; --stream --help)")
+        ap.add_argument("--serial", action="store_true", help="run the serial bridge "
+                        "workloads instead (tools/bench_serial.py; --serial --help)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: small counts, 1 run per workload")
     ap.add_argument("--scale", type=float, default=1.0,
@@ -717,6 +720,9 @@ def main(argv: list[str] | None = None) -> int:
     if "--stream" in argv:
         import bench_stream   # tools/ is on sys.path when run as a script
         return bench_stream.main([a for a in argv if a != "--stream"])
+    if "--serial" in argv:
+        import bench_serial   # tools/ is on sys.path when run as a script
+        return bench_serial.main([a for a in argv if a != "--serial"])
     args = arg_parser().parse_args(argv)
     cfg, runs = run_config(args)
     nats_path = nats_server_path()
