@@ -52,7 +52,7 @@ class PortCounters:
     reboots: int = 0
     opens: int = 0
     commands: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # the bridge's own; status adds the decoder's
 
 
 class SerialPort:
@@ -68,7 +68,9 @@ class SerialPort:
         self.device_path = ""
         self._serial: Any = None
         self._closing = False
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # guards _out and _writing
+        self._out = bytearray()  # acks and commands waiting for the writer
+        self._writing = False
         self._devices: dict[str, _Seen] = {}
         self._acking: set[tuple[str, int]] = set()  # frames waiting for their PubAcks
         framing = options.framing
@@ -169,7 +171,6 @@ class SerialPort:
         except Exception:  # a codec bug must not take the port down
             log.exception("serial %s: decoding failed", self.options.label)
             return
-        self.counters.errors = dict(decoder.errors)
         for item in items:
             if isinstance(item, Reading):
                 self._reading(item)
@@ -270,19 +271,36 @@ class SerialPort:
         self.counters.commands += self._write(frame)
 
     def _write(self, data: bytes) -> bool:
-        """Hand bytes to a worker thread (a write may block on a full UART)."""
+        """Queue bytes for the device. One worker job at a time writes whatever has
+        queued up meanwhile in one write (a write may block on a full UART), so a
+        burst of acks costs one thread hand-off, not one each."""
         ser = self._serial
         if ser is None:
             return False
-
-        def write() -> None:
-            try:
-                with self._write_lock:
-                    ser.write(data)
-            except (OSError, serial.SerialException) as exc:
-                log.debug("serial %s: write failed: %s", self.options.label, exc)
-        asyncio.get_running_loop().run_in_executor(None, write)
+        with self._write_lock:
+            self._out += data
+            if self._writing:
+                return True
+            self._writing = True
+        asyncio.get_running_loop().run_in_executor(None, self._drain_out, ser)
         return True
+
+    def _drain_out(self, ser: Any) -> None:
+        """Worker thread: write until nothing is queued."""
+        while True:
+            with self._write_lock:
+                data = bytes(self._out)
+                self._out.clear()
+                if not data:
+                    self._writing = False
+                    return
+            try:
+                ser.write(data)
+            except (OSError, serial.SerialException) as exc:
+                errors = self.counters.errors
+                errors["write_failed"] = errors.get("write_failed", 0) + 1
+                log.warning("serial %s: write to the device failed: %s", self.options.label,
+                            _short(exc))
 
     def status(self) -> dict[str, Any]:
         c = self.counters
@@ -291,7 +309,7 @@ class SerialPort:
                 "opens": c.opens, "frames": c.frames, "readings": c.readings,
                 "published": c.published, "acks_sent": c.acks_sent, "commands": c.commands,
                 "duplicates": c.duplicates, "gaps": c.gaps, "reboots": c.reboots,
-                "errors": dict(c.errors), "devices": sorted(self._devices)}
+                "errors": {**self.decoder.errors, **c.errors}, "devices": sorted(self._devices)}
 
 
 class _FrameAck:
