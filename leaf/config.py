@@ -56,9 +56,12 @@ def _got(value: Any, where: str) -> str:
 
     Under ``authorization`` only user names, nkeys and the timeout are shown
     (a stray string or table there may hold a password); the upstream URLs,
-    user and a non-table ``upstream`` are not shown either; elsewhere the value."""
+    user and a non-table ``upstream`` are not shown either, nor an MQTT bridge's
+    URL or username; elsewhere the value."""
     last = where.rsplit(".", 1)[-1].lstrip("-")
-    secret = (last in _SECRET_KEYS or where == "upstream" or where.startswith(_SECRET_PLACES)
+    secret = (last in _SECRET_KEYS or where in ("upstream", "mqtt")
+              or where.startswith(_SECRET_PLACES)
+              or (where.startswith("mqtt[") and last in ("url", "username"))
               or (where.startswith("authorization") and last not in _NOT_SECRET))
     if not secret:
         return repr(value)

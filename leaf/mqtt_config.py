@@ -209,7 +209,7 @@ def _qos(t: dict[str, Any], where: str) -> int:
     if "qos" not in t:
         return 1
     value = t["qos"]
-    if value not in (0, 1, 2) or isinstance(value, bool):
+    if not isinstance(value, int) or isinstance(value, bool) or value not in (0, 1, 2):
         raise ConfigError(f"{where}.qos: 0, 1 or 2, got {_got(value, where + '.qos')}")
     return int(value)
 

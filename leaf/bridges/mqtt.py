@@ -54,6 +54,10 @@ CONNACK_TIMEOUT = 10.0
 STABLE = 10.0  # a connection that lasted this long resets the backoff
 READS_PER_WAKEUP = 256  # packets handled per readable event at most
 ECHO_MEMORY = 10000  # messages sent to MQTT that may come back to our filters
+# Seconds within which our own export comes back, if it does (a broker round trip). Past
+# it, a late echo becomes a duplicate on its subject; within it, a sensor's message equal to
+# an export that never came back (refused by an ACL) would be taken for the echo: short.
+ECHO_WINDOW = 2.0
 
 
 @dataclass
@@ -119,7 +123,8 @@ class MqttBridge:
         self._connack: asyncio.Future[str] | None = None
         self._lost: asyncio.Event | None = None
         self._backlog: deque[tuple[str, bytes, int, bool, bool]] = deque()
-        self._echo: dict[tuple[str, bytes], int] = {}
+        self._echo: dict[tuple[str, bytes], int] = {}  # (topic, payload) -> times sent
+        self._echo_deadlines: deque[tuple[float, tuple[str, bytes]]] = deque()
         self._progress = 0
         self._said = ""
         self.client = self._make_client()
@@ -137,7 +142,6 @@ class MqttBridge:
         if o.tls is not None:
             client.tls_set_context(o.tls.context())
         client.max_inflight_messages_set(o.max_inflight)
-        client.max_queued_messages_set(o.max_queued)
         props = None
         if v5:
             props = Properties(PacketTypes.CONNECT)
@@ -216,6 +220,9 @@ class MqttBridge:
             raise ConnectionError(why)
         self.connected = True
         self.connected_since = time.time()
+        if self.options.clean_start:  # nothing sent before comes back on a new session
+            self._echo.clear()
+            self._echo_deadlines.clear()
         self.counters.connects += 1
         self._say(f"connected ({'MQTT 5' if self.options.protocol == 5 else 'MQTT 3.1.1'})",
                   logging.INFO)
@@ -356,13 +363,10 @@ class MqttBridge:
             return
         payload = msg.payload
         if self._echo:
+            self._expire_echoes()
             key = (topic, payload)
-            left = self._echo.get(key)
-            if left is not None:
-                if left > 1:
-                    self._echo[key] = left - 1
-                else:
-                    del self._echo[key]
+            if key in self._echo:
+                self._forget_echo(key)
                 c.echoes += 1
                 self._ack(mid, qos, self._generation)
                 return
@@ -422,19 +426,45 @@ class MqttBridge:
                 return
             self._backlog.append((topic, body, qos, retain, echo_prone))
             return
-        if len(getattr(self.client, "_out_packet", ())) >= self.options.max_queued:
-            self.counters.export_dropped += 1  # the broker is not reading
-            return
-        info = self.client.publish(topic, body, qos, retain)
-        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-            self.counters.export_dropped += 1
-            return
+        client = self.client
+        if self._held(client) >= self.options.max_queued:
+            client.loop_write()  # the socket may take it now; paho only writes when told to
+            if self._held(client) >= self.options.max_queued:
+                self.counters.export_dropped += 1  # the broker is not reading
+                return
+        client.publish(topic, body, qos, retain)
         self.counters.exported += 1
         if echo_prone:
-            key = (topic, body)
-            self._echo[key] = self._echo.get(key, 0) + 1
-            if len(self._echo) > ECHO_MEMORY:
-                del self._echo[next(iter(self._echo))]
+            self._remember_echo((topic, body))
+
+    @staticmethod
+    def _held(client: paho.Client) -> int:
+        """Messages paho holds that are not on the wire yet: packets not yet written,
+        plus QoS 1/2 messages waiting for room in the in-flight window (paho has no
+        public count of either; those in flight are bounded by max_inflight)."""
+        waiting = len(getattr(client, "_out_messages", ())) - getattr(client, "_inflight_messages", 0)
+        return len(getattr(client, "_out_packet", ())) + max(0, waiting)
+
+    def _remember_echo(self, key: tuple[str, bytes]) -> None:
+        """An export our own filters will bring back: drop it when it comes, for a
+        while only (the broker may never send it: an ACL, a lost connection)."""
+        self._echo[key] = self._echo.get(key, 0) + 1
+        self._echo_deadlines.append((time.monotonic() + ECHO_WINDOW, key))
+        if len(self._echo_deadlines) > ECHO_MEMORY:
+            self._forget_echo(self._echo_deadlines.popleft()[1])
+
+    def _forget_echo(self, key: tuple[str, bytes]) -> None:
+        left = self._echo.get(key, 0)
+        if left > 1:
+            self._echo[key] = left - 1
+        elif left:
+            del self._echo[key]
+
+    def _expire_echoes(self) -> None:
+        now = time.monotonic()
+        deadlines = self._echo_deadlines
+        while deadlines and deadlines[0][0] < now:
+            self._forget_echo(deadlines.popleft()[1])
 
     def _drain_backlog(self) -> None:
         backlog, self._backlog = self._backlog, deque()
