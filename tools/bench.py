@@ -5,6 +5,7 @@
     python tools/bench.py --uplink   # leaf-node uplink workloads: bench_uplink.py
     python tools/bench.py --stream   # local stream (store and forward): bench_stream.py
     python tools/bench.py --serial   # serial sensor port at 115 200 baud: bench_serial.py
+    python tools/bench.py --mqtt     # MQTT bridge vs nats-server's MQTT: bench_mqtt.py
     options: --scale F, --runs N, --only nats|leaf, --leaf-cmd "CMD {port}",
              --filter SUBSTR, --stall SECONDS, --no-pin, --json FILE
 
@@ -660,6 +661,8 @@ def arg_parser(uplink_doc: str = "") -> argparse.ArgumentParser:
                         "workloads instead (tools/bench_stream.py; --stream --help)")
         ap.add_argument("--serial", action="store_true", help="run the serial bridge "
                         "workloads instead (tools/bench_serial.py; --serial --help)")
+        ap.add_argument("--mqtt", action="store_true", help="run the MQTT bridge "
+                        "workloads instead (tools/bench_mqtt.py; --mqtt --help)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: small counts, 1 run per workload")
     ap.add_argument("--scale", type=float, default=1.0,
@@ -723,6 +726,9 @@ def main(argv: list[str] | None = None) -> int:
     if "--serial" in argv:
         import bench_serial   # tools/ is on sys.path when run as a script
         return bench_serial.main([a for a in argv if a != "--serial"])
+    if "--mqtt" in argv:
+        import bench_mqtt   # tools/ is on sys.path when run as a script
+        return bench_mqtt.main([a for a in argv if a != "--mqtt"])
     args = arg_parser().parse_args(argv)
     cfg, runs = run_config(args)
     nats_path = nats_server_path()
