@@ -45,7 +45,8 @@ class Broker:
     port: int
     workdir: Path
     proc: subprocess.Popen[str] | None = None
-    extra: str = ""
+    extra: str = ""  # mosquitto.conf lines after the default listener's
+    head: str = ""  # ... and before it (per_listener_settings must come first)
 
     @property
     def url(self) -> str:
@@ -61,7 +62,7 @@ class Broker:
             assert binary, "mosquitto is not installed (apt-get install mosquitto)"
             conf = self.workdir / "mosquitto.conf"
             conf.write_text(
-                f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                f"{self.head}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
                 f"user {getpass.getuser()}\n"  # as root it would switch to an unprivileged user
                 f"persistence true\npersistence_location {self.workdir}/\n"
                 "autosave_interval 0\nmax_queued_messages 100000\n"

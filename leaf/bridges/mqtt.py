@@ -318,7 +318,9 @@ class MqttBridge:
         if reason is not None and getattr(reason, "is_failure", False):
             self.last_error = str(reason)
         if self._connack is not None and not self._connack.done():
-            self._connack.set_result(f"closed before CONNACK ({reason})")
+            hint = " (does it want a client certificate?)" if self.options.tls is not None \
+                and not self.options.tls.cert_file else ""
+            self._connack.set_result(f"the broker closed the connection before its CONNACK{hint}")
         if self._lost is not None:
             self._lost.set()
 
