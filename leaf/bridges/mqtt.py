@@ -41,7 +41,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from leaf.bridges.mqtt_topics import MappingError, SubjectRoute, TopicRoute, common_topic
+from leaf.bridges.mqtt_topics import MappingError, SubjectRoute, TopicRoute
 from leaf.bridges.publisher import BridgePublisher
 from leaf.mqtt_config import ExportRule, ImportRule, MqttOptions
 
@@ -108,8 +108,7 @@ class MqttBridge:
         self.exports = [_Export(r, not v5) for r in options.exports]
         for e in self.exports:
             e.echo_prone = e.echo_prone and any(
-                common_topic(i.rule.topic, e.route.topic_template) is not None
-                for i in self.imports)
+                e.route.common_topic(i.rule.topic) is not None for i in self.imports)
         self.publisher: BridgePublisher | None = None
         self.connected = False
         self.subscribed = False  # the broker granted every import filter on this connection
