@@ -1,7 +1,8 @@
 """The dependency rules of docs/design.md §2, checked by walking leaf/ with ``ast``.
 
 - The pure modules (subjects, proto/*, hub, interest, errors, auth, the sensor wire codec in
-  bridges/framing and bridges/sensor_body) do no I/O: they import none of
+  bridges/framing and bridges/sensor_body, the MQTT topic mapping and packet splitter in
+  bridges/mqtt_topics and bridges/mqtt_wire) do no I/O: they import none of
   asyncio, socket, threading, time, logging, ssl (anywhere in the module, not only at the top).
 - Nothing imports ``leaf.app`` but ``leaf/cli.py``.
 - ``leaf/proto`` and ``leaf/hub.py`` import none of leaf.server, leaf.app, leaf.config, leaf.cli.
@@ -18,7 +19,8 @@ import pytest
 LEAF = Path(__file__).resolve().parent.parent / "leaf"
 
 PURE = ["subjects.py", "proto/*.py", "hub.py", "interest.py", "errors.py", "auth.py",
-        "bridges/framing.py", "bridges/sensor_body.py"]
+        "bridges/framing.py", "bridges/sensor_body.py", "bridges/mqtt_topics.py",
+        "bridges/mqtt_wire.py"]
 IO_MODULES = {"asyncio", "socket", "threading", "time", "logging", "ssl"}
 DRIVERS = {"leaf.server", "leaf.connection", "leaf.uplink", "leaf.app", "leaf.config", "leaf.cli"}
 MAX_LINES = 600
@@ -103,7 +105,8 @@ def test_the_walk_finds_the_modules_the_rules_name() -> None:
     assert {module_name(p) for p in pure_paths()} >= {
         "leaf.subjects", "leaf.hub", "leaf.errors", "leaf.auth", "leaf.proto.parser",
         "leaf.proto.conn", "leaf.proto.leafnode", "leaf.proto.leafconn", "leaf.interest",
-        "leaf.bridges.framing", "leaf.bridges.sensor_body"}
+        "leaf.bridges.framing", "leaf.bridges.sensor_body", "leaf.bridges.mqtt_topics",
+        "leaf.bridges.mqtt_wire"}
     # cli really does import app: the "only cli" rule below is not vacuous.
     assert "leaf.app" in imports_of(LEAF / "cli.py")
 

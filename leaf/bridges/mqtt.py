@@ -2,10 +2,12 @@
 
 paho-mqtt (v2 API) speaks the protocol; this module drives it from the event
 loop through its socket callbacks, with no paho thread: the loop watches the
-socket (``add_reader``/``add_writer``) and calls ``loop_read``/``loop_write``,
-a timer calls ``loop_misc`` for keepalive. Only the blocking TCP (and TLS)
-connect runs in a worker thread, and while it runs nothing else touches the
-client.
+socket (``add_reader``/``add_writer``), a timer calls ``loop_misc`` for
+keepalive. The bridge reads the socket itself in large chunks: QoS 0/1
+PUBLISH packets, the bulk of the traffic, are decoded by ``mqtt_wire``;
+everything else reaches paho (``loop_read``), which keeps the session. Only the
+blocking TCP (and TLS) connect runs in a worker thread, and while it runs
+nothing else touches the client.
 
 Import: a message on a topic that an ``import`` rule's filter matches is
 published on the rule's subject. A QoS 1 message whose subject goes to the
@@ -29,6 +31,7 @@ import asyncio
 import logging
 import random
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -42,6 +45,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from leaf.bridges.mqtt_topics import MappingError, SubjectRoute, TopicRoute
+from leaf.bridges.mqtt_wire import MalformedPacket, PacketSplitter, WireSocket
 from leaf.bridges.publisher import BridgePublisher
 from leaf.mqtt_config import ExportRule, ImportRule, MqttOptions
 
@@ -52,7 +56,9 @@ log = logging.getLogger("leaf.mqtt")
 
 CONNACK_TIMEOUT = 10.0
 STABLE = 10.0  # a connection that lasted this long resets the backoff
-READS_PER_WAKEUP = 256  # packets handled per readable event at most
+READS_PER_WAKEUP = 16  # socket reads per readable event at most
+READ_SIZE = 65536
+ROUTE_CACHE = 4096  # topics whose subject is remembered
 ECHO_MEMORY = 10000  # messages sent to MQTT that may come back to our filters
 # Seconds within which our own export comes back, if it does (a broker round trip). Past
 # it, a late echo becomes a duplicate on its subject; within it, a sensor's message equal to
@@ -75,6 +81,10 @@ class MqttCounters:
     export_unmappable: int = 0
     subscribe_refused: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+
+
+_NO_RULE: tuple[None, bytes] = (None, b"")  # no import rule takes the topic
+_UNMAPPABLE: tuple[None, bytes] = (None, b"!")  # a rule takes it, but no subject can carry it
 
 
 class _Import:
@@ -122,9 +132,9 @@ class MqttBridge:
         self._connack: asyncio.Future[str] | None = None
         self._lost: asyncio.Event | None = None
         self._backlog: deque[tuple[str, bytes, int, bool, bool]] = deque()
-        self._echo: dict[tuple[str, bytes], int] = {}  # (topic, payload) -> times sent
-        self._echo_deadlines: deque[tuple[float, tuple[str, bytes]]] = deque()
-        self._progress = 0
+        self._echo: dict[tuple[bytes, bytes], int] = {}  # (topic, payload) -> times sent
+        self._echo_deadlines: deque[tuple[float, tuple[bytes, bytes]]] = deque()
+        self._routes: dict[bytes, tuple[_Import | None, bytes]] = {}
         self._said = ""
         self.client = self._make_client()
 
@@ -152,7 +162,6 @@ class MqttBridge:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        client.on_publish = self._on_publish
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
         client.on_socket_unregister_write = self._on_unregister_write
@@ -204,9 +213,13 @@ class MqttBridge:
         rc = await loop.run_in_executor(None, client.reconnect)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise ConnectionError(paho.error_string(rc))
-        sock = client.socket()
-        if sock is None:
+        raw = client.socket()
+        if raw is None:
             raise ConnectionError("closed while connecting")
+        # The bridge reads the socket; paho gets what is not a QoS 0/1 PUBLISH (there
+        # is no public way to hand paho a socket: it gets this one as its own).
+        splitter = PacketSplitter(self._take_safely, self.options.protocol == 5)
+        sock = client._sock = WireSocket(raw, splitter)  # noqa: SLF001
         self._sock = sock
         loop.add_reader(sock, self._readable)
         if client.want_write():
@@ -270,17 +283,37 @@ class MqttBridge:
 
     # -- socket callbacks (paho calls them; only the loop thread acts on them) -------------
     def _readable(self) -> None:
+        """Read what the socket has in large chunks (at most READS_PER_WAKEUP before
+        other work gets a turn): PUBLISH packets are taken here, the rest by paho."""
         client = self.client
+        sock = self._sock
+        if sock is None:
+            return
+        raw = sock.sock
         for _ in range(READS_PER_WAKEUP):
-            before = self._progress
-            rc = client.loop_read()
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._progress == before \
-                    or client.socket() is None:
+            try:
+                data = raw.recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                    ssl.SSLWantWriteError):
+                data = None
+            except OSError as exc:
+                sock.error, data = exc, None
+            else:
+                if not data:
+                    sock.eof = True
+                else:
+                    try:
+                        sock.splitter.feed(data)
+                    except MalformedPacket as exc:
+                        sock.error = ConnectionError(f"not MQTT from the broker: {exc}")
+            while sock.for_paho and client.socket() is not None:
+                if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+            if client.socket() is None or not data:
                 break
         if self.publisher is not None:
             self.publisher.flush()
-        sock = client.socket()
-        if sock is not None and hasattr(sock, "pending") and sock.pending():
+        if client.socket() is not None and sock.pending():
             self._loop.call_soon(self._readable)  # type: ignore[union-attr]
 
     def _writable(self) -> None:
@@ -307,13 +340,11 @@ class MqttBridge:
     # -- protocol callbacks --------------------------------------------------------------
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
-        self._progress += 1
         if self._connack is not None and not self._connack.done():
             self._connack.set_result(f"refused: {reason}" if reason.is_failure else "")
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
-        self._progress += 1
         if reason is not None and getattr(reason, "is_failure", False):
             self.last_error = str(reason)
         if self._connack is not None and not self._connack.done():
@@ -337,7 +368,6 @@ class MqttBridge:
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: list[Any],
                       properties: Any) -> None:
-        self._progress += 1
         refused = False
         for imp, reason in zip(self.imports, reasons):
             if reason.is_failure:
@@ -346,23 +376,28 @@ class MqttBridge:
                 self._fail(f"subscription to {imp.rule.topic!r} refused ({reason})")
         self.subscribed = not refused
 
-    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any,
-                    properties: Any) -> None:
-        self._progress += 1
-
     # -- MQTT -> subjects --------------------------------------------------------------
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        self._progress += 1
+        """A message paho read itself (QoS 2)."""
+        try:
+            topic = msg.topic.encode()
+        except UnicodeDecodeError:
+            topic = b"\xff"  # no subject for it: counted as unmappable
+        self._take_safely(topic, msg.payload, msg.qos, msg.mid, bool(msg.retain))
+
+    def _take_safely(self, topic: bytes, payload: bytes, qos: int, mid: int,
+                     retain: bool) -> None:
+        try:
+            self._take(topic, payload, qos, mid, retain)
+        except Exception:  # a bug here must not stop the reading or replay the packet
+            self.counters.errors["internal"] = self.counters.errors.get("internal", 0) + 1
+            log.exception("mqtt %s: a message from the broker could not be handled",
+                          self.options.label)
+
+    def _take(self, topic: bytes, payload: bytes, qos: int, mid: int, retain: bool) -> None:
+        """A message from the broker: onto its subject, acked now or once durable."""
         c = self.counters
         c.received += 1
-        qos, mid = msg.qos, msg.mid
-        try:
-            topic = msg.topic
-        except UnicodeDecodeError:
-            c.unmappable += 1
-            self._ack(mid, qos, self._generation)
-            return
-        payload = msg.payload
         if self._echo:
             self._expire_echoes()
             key = (topic, payload)
@@ -371,25 +406,40 @@ class MqttBridge:
                 c.echoes += 1
                 self._ack(mid, qos, self._generation)
                 return
+        route = self._routes.get(topic)
+        if route is None:
+            route = self._route(topic)
+        imp, subject = route
+        if imp is not None:
+            if retain and imp.rule.retained == "skip":
+                c.skipped_retained += 1
+            else:
+                c.imported += 1
+                durable = self._durable(mid, qos, self._generation) if qos else None
+                if self.publisher.publish(subject, payload, durable):  # type: ignore[union-attr]
+                    return  # acked once the stream has it
+        elif route is _UNMAPPABLE:
+            c.unmappable += 1
+        if qos:
+            self._ack(mid, qos, self._generation)
+
+    def _route(self, topic: bytes) -> tuple[_Import | None, bytes]:
+        """The first import rule that takes ``topic``, and its subject (cached:
+        sensors publish on a small set of topics)."""
+        route: tuple[_Import | None, bytes] = _NO_RULE
         for imp in self.imports:
             try:
-                subject = imp.route.subject_for(topic)
-            except MappingError:
-                subject = None
-                c.unmappable += 1
+                subject = imp.route.subject_for(topic.decode())
+            except (MappingError, UnicodeDecodeError):
+                route = _UNMAPPABLE
                 break
-            if subject is None:
-                continue
-            if msg.retain and imp.rule.retained == "skip":
-                c.skipped_retained += 1
+            if subject is not None:
+                route = (imp, subject.encode())
                 break
-            assert self.publisher is not None
-            c.imported += 1
-            durable = self._durable(mid, qos, self._generation) if qos else None
-            if self.publisher.publish(subject.encode(), payload, durable):
-                return  # acked once the stream has it
-            break
-        self._ack(mid, qos, self._generation)
+        if len(self._routes) >= ROUTE_CACHE:
+            self._routes.clear()
+        self._routes[topic] = route
+        return route
 
     def _durable(self, mid: int, qos: int, generation: int) -> Callable[[bool], None]:
         def durable(ok: bool) -> None:
@@ -436,7 +486,7 @@ class MqttBridge:
         client.publish(topic, body, qos, retain)
         self.counters.exported += 1
         if echo_prone:
-            self._remember_echo((topic, body))
+            self._remember_echo((topic.encode(), body))
 
     @staticmethod
     def _held(client: paho.Client) -> int:
@@ -446,7 +496,7 @@ class MqttBridge:
         waiting = len(getattr(client, "_out_messages", ())) - getattr(client, "_inflight_messages", 0)
         return len(getattr(client, "_out_packet", ())) + max(0, waiting)
 
-    def _remember_echo(self, key: tuple[str, bytes]) -> None:
+    def _remember_echo(self, key: tuple[bytes, bytes]) -> None:
         """An export our own filters will bring back: drop it when it comes, for a
         while only (the broker may never send it: an ACL, a lost connection)."""
         self._echo[key] = self._echo.get(key, 0) + 1
@@ -454,7 +504,7 @@ class MqttBridge:
         if len(self._echo_deadlines) > ECHO_MEMORY:
             self._forget_echo(self._echo_deadlines.popleft()[1])
 
-    def _forget_echo(self, key: tuple[str, bytes]) -> None:
+    def _forget_echo(self, key: tuple[bytes, bytes]) -> None:
         left = self._echo.get(key, 0)
         if left > 1:
             self._echo[key] = left - 1

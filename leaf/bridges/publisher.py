@@ -39,6 +39,7 @@ class BridgePublisher:
         self._inbox = b"_INBOX.%s." % secrets.token_hex(8).encode()
         self._next = 0
         self._waiting: dict[bytes, Durable] = {}
+        self._stored: dict[bytes, bool] = {}
         self._ack_sub = Subscription(self._inbox + b"*", b"", self, callback=self._pub_ack,
                                      local_only=True)
         self.hub.add(self._ack_sub)
@@ -64,13 +65,22 @@ class BridgePublisher:
         stream answered and return True. Else return False: the message was
         delivered to whoever wanted it and there is nothing to wait for."""
         reply = b""
-        if durable is not None and self.stored(subject):
+        if durable is not None and self._is_stored(subject):
             self._next += 1
             reply = self._inbox + b"%d" % self._next
             self._waiting[reply] = durable
         self.hub.publish(subject, reply, len(payload), encode.tail(reply, payload), -1, self)
         self.published += 1
         return bool(reply)
+
+    def _is_stored(self, subject: bytes) -> bool:
+        """``stored``, remembered per subject (a bridge publishes on few subjects)."""
+        known = self._stored.get(subject)
+        if known is None:
+            if len(self._stored) >= 4096:
+                self._stored.clear()
+            known = self._stored[subject] = self.stored(subject)
+        return known
 
     def flush(self) -> None:
         """Send what the publishes queued for clients (once per batch)."""
