@@ -217,3 +217,38 @@ async def _closed(leaf: ServerProc) -> bool:
 
 async def _reopened(leaf: ServerProc) -> bool:
     return bool(await port_status(leaf, "open")) and await port_status(leaf, "opens") >= 2
+
+
+async def test_a_sensor_behind_a_tcp_serial_server(tmp_path: Path) -> None:
+    """`port = "socket://host:port"` (pyserial URL): a sensor behind a serial-to-TCP
+    server (ser2net, an RS-485 gateway). Readings arrive, acks go back over TCP, and
+    when the server restarts the bridge connects again by itself."""
+    helper = FakeSensor(tmp_path / "unused")  # only its frame builder
+    helper.unplug()
+    connected: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+
+    async def accept(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await connected.put((r, w))
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    text = leaf_toml({"stream": {"subjects": ["sensors.>"], "dir": str(tmp_path / "store")}})
+    text += f'[[serial]]\nport = "socket://127.0.0.1:{port}"\nreconnect = "100ms"\n'
+    leaf = start_leaf(config=text, http=True)
+    nc = await nats.connect(leaf.url)
+    try:
+        sub = await nc.subscribe("sensors.>")
+        await nc.flush()
+        for round_ in range(2):
+            reader, writer = await asyncio.wait_for(connected.get(), 10)
+            writer.write(helper.reading(round_, {"level": 1.5 + round_}, ack=True))
+            msg = await sub.next_msg(timeout=10)
+            assert msg.subject == "sensors.pump3.level"
+            assert json.loads(msg.data)["value"] == 1.5 + round_
+            acks = FrameDecoder().feed(await asyncio.wait_for(reader.read(4096), 10))
+            assert [(a.device, a.seq) for a in acks] == [("pump3", round_)]
+            assert await port_status(leaf, "opens") == round_ + 1
+            writer.close()  # the TCP server drops the connection: the bridge looks again
+    finally:
+        await nc.close()
+        leaf.stop()
+        server.close()
