@@ -205,12 +205,15 @@ def _rules(raw: Any, where: str) -> list[Any]:
     return raw
 
 
-def _qos(t: dict[str, Any], where: str) -> int:
+def _qos(t: dict[str, Any], where: str, highest: int = 2) -> int:
     if "qos" not in t:
         return 1
     value = t["qos"]
-    if not isinstance(value, int) or isinstance(value, bool) or value not in (0, 1, 2):
-        raise ConfigError(f"{where}.qos: 0, 1 or 2, got {_got(value, where + '.qos')}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= highest:
+        choices = "0 or 1" if highest == 1 else "0, 1 or 2"
+        why = (" (a QoS 2 message is acknowledged by MQTT before leaf can store it; imports "
+               "take QoS 2 publishes at QoS 1, acknowledged once durable)") if value == 2 else ""
+        raise ConfigError(f"{where}.qos: {choices}, got {_got(value, where + '.qos')}{why}")
     return int(value)
 
 
@@ -231,7 +234,7 @@ def _import(raw: Any, where: str) -> ImportRule:
     retained = _typed("str", t.get("retained", "forward"), f"{where}.retained")
     if retained not in RETAINED:
         raise ConfigError(f"{where}.retained: \"forward\" or \"skip\", got {retained!r}")
-    return ImportRule(topic, subject, _qos(t, where), retained)
+    return ImportRule(topic, subject, _qos(t, where, highest=1), retained)
 
 
 def _export(raw: Any, where: str) -> ExportRule:

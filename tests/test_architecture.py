@@ -1,8 +1,8 @@
 """The dependency rules of docs/design.md §2, checked by walking leaf/ with ``ast``.
 
 - The pure modules (subjects, proto/*, hub, interest, errors, auth, the sensor wire codec in
-  bridges/framing and bridges/sensor_body, the MQTT topic mapping and packet splitter in
-  bridges/mqtt_topics and bridges/mqtt_wire) do no I/O: they import none of
+  bridges/framing and bridges/sensor_body, the MQTT topic mapping, packet splitter and echo
+  memory in bridges/mqtt_topics, mqtt_wire and mqtt_echo) do no I/O: they import none of
   asyncio, socket, threading, time, logging, ssl (anywhere in the module, not only at the top).
 - Nothing imports ``leaf.app`` but ``leaf/cli.py``.
 - ``leaf/proto`` and ``leaf/hub.py`` import none of leaf.server, leaf.app, leaf.config, leaf.cli.
@@ -20,7 +20,7 @@ LEAF = Path(__file__).resolve().parent.parent / "leaf"
 
 PURE = ["subjects.py", "proto/*.py", "hub.py", "interest.py", "errors.py", "auth.py",
         "bridges/framing.py", "bridges/sensor_body.py", "bridges/mqtt_topics.py",
-        "bridges/mqtt_wire.py"]
+        "bridges/mqtt_wire.py", "bridges/mqtt_echo.py"]
 IO_MODULES = {"asyncio", "socket", "threading", "time", "logging", "ssl"}
 DRIVERS = {"leaf.server", "leaf.connection", "leaf.uplink", "leaf.app", "leaf.config", "leaf.cli"}
 MAX_LINES = 600

@@ -222,7 +222,9 @@ GOOD_OUT = {"subject": "ok.>"}
 
 @pytest.mark.parametrize("raw, needles", [
     (imports(GOOD_IN, {"subject": "x.>"}), ["mqtt[0].import[1].topic: missing"]),
-    (imports(GOOD_IN, {"topic": "a/#", "qos": 3}), ["mqtt[0].import[1].qos: 0, 1 or 2", "3"]),
+    (imports(GOOD_IN, {"topic": "a/#", "qos": 3}), ["mqtt[0].import[1].qos: 0 or 1", "3"]),
+    (imports(GOOD_IN, {"topic": "a/#", "qos": 2}),
+     ["mqtt[0].import[1].qos: 0 or 1, got 2", "acknowledged once durable"]),
     (imports(GOOD_IN, {"topic": "a/#", "qos": -1}), ["mqtt[0].import[1].qos"]),
     (imports(GOOD_IN, {"topic": "a/#", "qos": True}), ["mqtt[0].import[1].qos"]),
     (imports(GOOD_IN, {"topic": "a/#", "qos": "1"}), ["mqtt[0].import[1].qos"]),

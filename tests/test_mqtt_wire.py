@@ -147,3 +147,42 @@ def test_paho_reads_only_what_was_left_for_it_then_would_block_then_sees_the_end
     wire.error = ConnectionResetError("reset")
     with pytest.raises(ConnectionResetError):
         wire.recv(1)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 10**6])
+def test_an_oversize_publish_is_reported_and_dropped_without_being_kept(chunk: int) -> None:
+    big = publish(b"cam/1", b"\xab" * 300_000, qos=1, mid=77)
+    stream = CONNACK + big + publish(b"after", b"ok") + PINGRESP
+    got: list[tuple] = []
+    over: list[tuple] = []
+    s = PacketSplitter(lambda *m: got.append(m), False, limit=1000,
+                       on_oversize=lambda *m: over.append(m))
+    most = 0
+    for i in range(0, len(stream), chunk):
+        s.feed(stream[i:i + chunk])
+        most = max(most, len(s.buf))
+    assert over == [(b"cam/1", len(big) - 4, 1, 77)]
+    assert got == [(b"after", b"ok", 0, 0, False)]
+    assert bytes(s.for_paho) == CONNACK + PINGRESP
+    assert most <= 1000 + chunk + 16  # never the whole 300 kB
+
+
+def test_echo_memory_drops_each_export_once_and_only_within_its_window() -> None:
+    from leaf.bridges.mqtt_echo import EchoMemory
+
+    echoes = EchoMemory(window=2.0, limit=3)
+    assert not echoes
+    echoes.sent((b"a/lamp", b"on"), now=10.0)
+    echoes.sent((b"a/lamp", b"on"), now=10.5)
+    assert echoes.came_back((b"a/lamp", b"on"), now=11.0)
+    assert not echoes.came_back((b"a/lamp", b"off"), now=11.0)  # another payload is real
+    assert echoes.came_back((b"a/lamp", b"on"), now=11.0)
+    assert not echoes.came_back((b"a/lamp", b"on"), now=11.0)  # both echoes used up
+    echoes.sent((b"a/lamp", b"on"), now=20.0)
+    assert not echoes.came_back((b"a/lamp", b"on"), now=22.5)  # past the window: a sensor's
+    for i in range(5):  # the memory is bounded: the oldest go first
+        echoes.sent((b"t", b"%d" % i), now=30.0)
+    assert not echoes.came_back((b"t", b"0"), now=30.0)
+    assert echoes.came_back((b"t", b"4"), now=30.0)
+    echoes.clear()
+    assert not echoes

@@ -44,6 +44,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from leaf.bridges.mqtt_echo import EchoMemory
+from leaf.bridges.mqtt_paho import fit_window, held
 from leaf.bridges.mqtt_topics import MappingError, SubjectRoute, TopicRoute
 from leaf.bridges.mqtt_wire import MalformedPacket, PacketSplitter, WireSocket
 from leaf.bridges.publisher import BridgePublisher
@@ -55,14 +57,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("leaf.mqtt")
 
 CONNACK_TIMEOUT = 10.0
+HEADROOM = 1024  # a PUBLISH's topic and properties on top of max_payload
+CLOSE_GRACE = 2.0  # at shutdown, how long durable acks still owed are waited for
+REDELIVER_MIN, REDELIVER_MAX = 1.0, 30.0
 STABLE = 10.0  # a connection that lasted this long resets the backoff
 READS_PER_WAKEUP = 16  # socket reads per readable event at most
 READ_SIZE = 65536
 ROUTE_CACHE = 4096  # topics whose subject is remembered
 ECHO_MEMORY = 10000  # messages sent to MQTT that may come back to our filters
-# Seconds within which our own export comes back, if it does (a broker round trip). Past
-# it, a late echo becomes a duplicate on its subject; within it, a sensor's message equal to
-# an export that never came back (refused by an ACL) would be taken for the echo: short.
+# Seconds within which our own export comes back, if it does (a broker round trip); past it
+# a late echo is a duplicate on its subject, within it an equal sensor message is taken
+# for an echo that never came (an ACL refused the export): short.
 ECHO_WINDOW = 2.0
 
 
@@ -75,6 +80,7 @@ class MqttCounters:
     not_stored: int = 0  # the stream refused them: not acked, the broker sends them again
     skipped_retained: int = 0
     unmappable: int = 0  # topics no subject can carry (invalid UTF-8, too long)
+    too_large: int = 0  # over max_payload
     echoes: int = 0  # our own exports coming back, dropped
     exported: int = 0  # messages handed to the broker
     export_dropped: int = 0  # the queue towards the broker was full
@@ -132,9 +138,10 @@ class MqttBridge:
         self._connack: asyncio.Future[str] | None = None
         self._lost: asyncio.Event | None = None
         self._backlog: deque[tuple[str, bytes, int, bool, bool]] = deque()
-        self._echo: dict[tuple[bytes, bytes], int] = {}  # (topic, payload) -> times sent
-        self._echo_deadlines: deque[tuple[float, tuple[bytes, bytes]]] = deque()
+        self._echo = EchoMemory(ECHO_WINDOW, ECHO_MEMORY)
         self._routes: dict[bytes, tuple[_Import | None, bytes]] = {}
+        self._refusals = 0  # stream refusals in a row (the redelivery backoff)
+        self._redeliver: asyncio.TimerHandle | None = None
         self._said = ""
         self.client = self._make_client()
 
@@ -156,6 +163,7 @@ class MqttBridge:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 0 if o.clean_start else o.session_expiry
             props.ReceiveMaximum = o.max_inflight
+            props.MaximumPacketSize = self.server.options.max_payload + HEADROOM
         client.connect_async(o.host, o.port, o.keepalive, clean_start=o.clean_start if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
                              properties=props)
         client.on_connect = self._on_connect
@@ -218,7 +226,8 @@ class MqttBridge:
             raise ConnectionError("closed while connecting")
         # The bridge reads the socket; paho gets what is not a QoS 0/1 PUBLISH (there
         # is no public way to hand paho a socket: it gets this one as its own).
-        splitter = PacketSplitter(self._take_safely, self.options.protocol == 5)
+        splitter = PacketSplitter(self._take_safely, self.options.protocol == 5,
+                                  self.server.options.max_payload + HEADROOM, self._too_large)
         sock = client._sock = WireSocket(raw, splitter)  # noqa: SLF001
         self._sock = sock
         loop.add_reader(sock, self._readable)
@@ -234,7 +243,6 @@ class MqttBridge:
         self.connected_since = time.time()
         if self.options.clean_start:  # nothing sent before comes back on a new session
             self._echo.clear()
-            self._echo_deadlines.clear()
         self.counters.connects += 1
         self._say(f"connected ({'MQTT 5' if self.options.protocol == 5 else 'MQTT 3.1.1'})",
                   logging.INFO)
@@ -249,6 +257,12 @@ class MqttBridge:
 
     async def close(self) -> None:
         self._closing = True
+        if self.connected and self.publisher is not None:
+            # Messages the stream is about to make durable get their PUBACK first,
+            # or the broker sends them again after the restart.
+            deadline = time.monotonic() + CLOSE_GRACE
+            while self.publisher.waiting and time.monotonic() < deadline and self.connected:
+                await asyncio.sleep(0.01)
         if self.connected:
             self.client.disconnect()
             self.client.loop_write()
@@ -340,6 +354,9 @@ class MqttBridge:
     # -- protocol callbacks --------------------------------------------------------------
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
+        if not reason.is_failure:
+            fit_window(client, min(self.options.max_inflight,
+                                    getattr(properties, "ReceiveMaximum", 65535) or 65535))
         if self._connack is not None and not self._connack.done():
             self._connack.set_result(f"refused: {reason}" if reason.is_failure else "")
 
@@ -385,6 +402,19 @@ class MqttBridge:
             topic = b"\xff"  # no subject for it: counted as unmappable
         self._take_safely(topic, msg.payload, msg.qos, msg.mid, bool(msg.retain))
 
+    def _too_large(self, topic: bytes, size: int, qos: int, mid: int) -> None:
+        """A message over max_payload: no subject may carry it. Counted, logged, and
+        acknowledged (QoS 1/2 would otherwise come back on every connection)."""
+        self.counters.received += 1
+        self.counters.too_large += 1
+        if self.counters.too_large == 1 or self.counters.too_large % 1000 == 0:
+            log.warning("mqtt %s: a message of %d bytes on %r is over max_payload (%d); "
+                        "dropped (%d so far)", self.options.label, size,
+                        topic.decode(errors="replace"), self.server.options.max_payload,
+                        self.counters.too_large)
+        if qos == 1:
+            self._ack(mid, qos, self._generation)
+
     def _take_safely(self, topic: bytes, payload: bytes, qos: int, mid: int,
                      retain: bool) -> None:
         try:
@@ -398,14 +428,14 @@ class MqttBridge:
         """A message from the broker: onto its subject, acked now or once durable."""
         c = self.counters
         c.received += 1
-        if self._echo:
-            self._expire_echoes()
-            key = (topic, payload)
-            if key in self._echo:
-                self._forget_echo(key)
-                c.echoes += 1
-                self._ack(mid, qos, self._generation)
-                return
+        if self._echo and self._echo.came_back((topic, payload), time.monotonic()):
+            c.echoes += 1
+            self._ack(mid, qos, self._generation)
+            return
+        if len(payload) > self.server.options.max_payload:
+            self.counters.received -= 1  # counted again there
+            self._too_large(topic, len(payload), qos, mid)
+            return
         route = self._routes.get(topic)
         if route is None:
             route = self._route(topic)
@@ -445,10 +475,33 @@ class MqttBridge:
         def durable(ok: bool) -> None:
             if ok:
                 self.counters.acked_durable += 1
+                self._refusals = 0
                 self._ack(mid, qos, generation)
             else:  # no PUBACK: the broker delivers it again on the next connection
                 self.counters.not_stored += 1
+                if generation == self._generation:
+                    self._redeliver_later()
         return durable
+
+    def _redeliver_later(self) -> None:
+        """The stream refused a message (full, disk full). The broker sends an
+        unacknowledged message again only on a new connection, and meanwhile it holds
+        one of the few in-flight slots of this connection: reconnect after a while
+        (longer each time in a row), so the broker sends it again."""
+        if self._redeliver is not None or self._loop is None:
+            return
+        delay = min(REDELIVER_MAX, REDELIVER_MIN * 2 ** min(self._refusals, 10))
+        self._refusals += 1
+        self._say(f"the stream refused messages ({self.counters.not_stored} so far); "
+                  f"reconnecting in {delay:g}s so the broker sends them again")
+        generation = self._generation
+
+        def reconnect() -> None:
+            self._redeliver = None
+            if generation == self._generation and self.connected and not self._closing:
+                self.last_error = "reconnected for redelivery of messages the stream refused"
+                self.client.disconnect()
+        self._redeliver = self._loop.call_later(delay, reconnect)
 
     def _ack(self, mid: int, qos: int, generation: int) -> None:
         if qos and generation == self._generation and self.client.socket() is not None:
@@ -478,44 +531,18 @@ class MqttBridge:
             self._backlog.append((topic, body, qos, retain, echo_prone))
             return
         client = self.client
-        if self._held(client) >= self.options.max_queued:
+        if held(client) >= self.options.max_queued:
             client.loop_write()  # the socket may take it now; paho only writes when told to
-            if self._held(client) >= self.options.max_queued:
+            if held(client) >= self.options.max_queued:
                 self.counters.export_dropped += 1  # the broker is not reading
                 return
-        client.publish(topic, body, qos, retain)
+        info = client.publish(topic, body, qos, retain)
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos == 0:
+            self._backlog.append((topic, body, qos, retain, echo_prone))  # the link just died
+            return
         self.counters.exported += 1
         if echo_prone:
-            self._remember_echo((topic.encode(), body))
-
-    @staticmethod
-    def _held(client: paho.Client) -> int:
-        """Messages paho holds that are not on the wire yet: packets not yet written,
-        plus QoS 1/2 messages waiting for room in the in-flight window (paho has no
-        public count of either; those in flight are bounded by max_inflight)."""
-        waiting = len(getattr(client, "_out_messages", ())) - getattr(client, "_inflight_messages", 0)
-        return len(getattr(client, "_out_packet", ())) + max(0, waiting)
-
-    def _remember_echo(self, key: tuple[bytes, bytes]) -> None:
-        """An export our own filters will bring back: drop it when it comes, for a
-        while only (the broker may never send it: an ACL, a lost connection)."""
-        self._echo[key] = self._echo.get(key, 0) + 1
-        self._echo_deadlines.append((time.monotonic() + ECHO_WINDOW, key))
-        if len(self._echo_deadlines) > ECHO_MEMORY:
-            self._forget_echo(self._echo_deadlines.popleft()[1])
-
-    def _forget_echo(self, key: tuple[bytes, bytes]) -> None:
-        left = self._echo.get(key, 0)
-        if left > 1:
-            self._echo[key] = left - 1
-        elif left:
-            del self._echo[key]
-
-    def _expire_echoes(self) -> None:
-        now = time.monotonic()
-        deadlines = self._echo_deadlines
-        while deadlines and deadlines[0][0] < now:
-            self._forget_echo(deadlines.popleft()[1])
+            self._echo.sent((topic.encode(), body), time.monotonic())
 
     def _drain_backlog(self) -> None:
         backlog, self._backlog = self._backlog, deque()
@@ -539,7 +566,7 @@ class MqttBridge:
             "received": c.received, "imported": c.imported, "acked_durable": c.acked_durable,
             "waiting_durable": self.publisher.waiting if self.publisher else 0,
             "not_stored": c.not_stored, "skipped_retained": c.skipped_retained,
-            "unmappable": c.unmappable, "echoes_dropped": c.echoes, "exported": c.exported,
+            "unmappable": c.unmappable, "too_large": c.too_large, "echoes_dropped": c.echoes, "exported": c.exported,
             "export_queued": len(self._backlog), "export_dropped": c.export_dropped,
             "export_unmappable": c.export_unmappable, "subscribe_refused": c.subscribe_refused,
         }

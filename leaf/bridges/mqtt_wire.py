@@ -24,21 +24,34 @@ class MalformedPacket(ValueError):
 
 # (topic, payload, qos, packet id, retain)
 OnPublish = Callable[[bytes, bytes, int, int, bool], None]
+# (topic, size, qos, packet id): a PUBLISH over the limit, skipped without being kept
+OnOversize = Callable[[bytes, int, int, int], None]
 
 
 class PacketSplitter:
     """Feed bytes; complete QoS 0/1 PUBLISH packets go to ``on_publish`` (topic as
-    raw UTF-8 bytes), everything else collects in ``for_paho`` in arrival order."""
+    raw UTF-8 bytes), everything else collects in ``for_paho`` in arrival order. A
+    PUBLISH whose body is over ``limit`` bytes is reported to ``on_oversize`` once
+    its topic and packet id are in, and its bytes are dropped as they come: memory
+    stays bounded whatever the broker sends."""
 
-    __slots__ = ("buf", "for_paho", "on_publish", "v5")
+    __slots__ = ("buf", "for_paho", "on_publish", "v5", "limit", "on_oversize", "skip")
 
-    def __init__(self, on_publish: OnPublish, v5: bool) -> None:
+    def __init__(self, on_publish: OnPublish, v5: bool, limit: int = MAX_REMAINING,
+                 on_oversize: OnOversize | None = None) -> None:
         self.buf = bytearray()
         self.for_paho = bytearray()
         self.on_publish = on_publish
         self.v5 = v5
+        self.limit = limit
+        self.on_oversize = on_oversize
+        self.skip = 0  # bytes of an oversize packet still to drop
 
     def feed(self, data: bytes) -> None:
+        if self.skip:
+            dropped = min(self.skip, len(data))
+            self.skip -= dropped
+            data = data[dropped:]
         buf = self.buf
         buf += data
         n = len(buf)
@@ -62,6 +75,18 @@ class PacketSplitter:
             if not complete:
                 break  # the length is not complete yet
             end = i + length
+            if length > self.limit and first >> 4 == PUBLISH:
+                head = self._oversize_head(first, i, n)
+                if head is None:
+                    break  # wait for its topic and packet id
+                if self.on_oversize is not None:
+                    self.on_oversize(head[0], length, (first >> 1) & 3, head[1])
+                if end > n:
+                    self.skip = end - n
+                    pos = n
+                    break
+                pos = end
+                continue
             if end > n:
                 break  # the packet is not complete yet
             if first >> 4 != PUBLISH or (first >> 1) & 3 > 1 or not self._publish(first, i, end):
@@ -69,6 +94,18 @@ class PacketSplitter:
             pos = end
         if pos:
             del buf[:pos]
+
+    def _oversize_head(self, first: int, start: int, n: int) -> tuple[bytes, int] | None:
+        """Topic and packet id of a PUBLISH starting at ``start``, once they are in."""
+        buf = self.buf
+        if start + 2 > n:
+            return None
+        p = start + 2 + (buf[start] << 8 | buf[start + 1])
+        qos = (first >> 1) & 3
+        if p + (2 if qos else 0) > n:
+            return None
+        mid = buf[p] << 8 | buf[p + 1] if qos else 0
+        return bytes(buf[start + 2:p]), mid
 
     def _publish(self, first: int, start: int, end: int) -> bool:
         """Decode one PUBLISH in ``buf[start:end]`` and hand it over; False when it
