@@ -252,3 +252,4 @@ async def test_a_sensor_behind_a_tcp_serial_server(tmp_path: Path) -> None:
         await nc.close()
         leaf.stop()
         server.close()
+        print(leaf.output())  # shown when the test fails
