@@ -56,3 +56,24 @@ async def test_messages_the_stream_refuses_are_not_acknowledged_and_come_again(r
     assert "refused" in st["last_error"]
     leaf.stop()
     assert "the stream refused messages" in leaf.output()
+
+
+async def test_exports_the_broker_refuses_are_counted_on_mqtt5(rig: Rig) -> None:
+    """An MQTT 5 broker says in its PUBACK when it does not take a message (here its ACL
+    lets the bridge read but not write): counted and said, not counted as exported only."""
+    broker = rig.broker(start=False)
+    acl = broker.workdir / "acl"
+    acl.write_text("topic readwrite #\nuser bridge\ntopic read probe/#\n")
+    broker.extra = f"acl_file {acl}"
+    broker.start()
+    leaf = rig.leaf(mqtt_toml(broker, protocol="5", username="bridge",
+                              exports=[{"subject": "cmd.>", "topic": "cmd/#", "qos": 1}]))
+    nc = await rig.nats(leaf)
+    sensor = rig.sensor(broker)
+    await wait_bridged(leaf, nc, sensor)
+    await nc.publish("cmd.lamp", b"on")
+    await nc.flush()
+    st = await wait_status(leaf, lambda s: s["export_refused"] == 1, "the refusal counted")
+    assert st["exported"] == 1
+    leaf.stop()
+    assert "the broker refuses exports" in leaf.output()

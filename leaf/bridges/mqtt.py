@@ -84,6 +84,7 @@ class MqttCounters:
     echoes: int = 0  # our own exports coming back, dropped
     exported: int = 0  # messages handed to the broker
     export_dropped: int = 0  # the queue towards the broker was full
+    export_refused: int = 0  # MQTT 5: the broker's PUBACK said no
     export_unmappable: int = 0
     subscribe_refused: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -170,6 +171,8 @@ class MqttBridge:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        if v5:  # only MQTT 5 PUBACKs say whether the broker took the message
+            client.on_publish = self._on_publish
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
         client.on_socket_unregister_write = self._on_unregister_write
@@ -393,6 +396,13 @@ class MqttBridge:
                 self._fail(f"subscription to {imp.rule.topic!r} refused ({reason})")
         self.subscribed = not refused
 
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any,
+                    properties: Any) -> None:
+        if reason is not None and getattr(reason, "is_failure", False):
+            self.counters.export_refused += 1  # e.g. not authorized, quota exceeded
+            if self.counters.export_refused == 1:
+                self._say(f"the broker refuses exports ({reason})")
+
     # -- MQTT -> subjects --------------------------------------------------------------
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         """A message paho read itself (QoS 2)."""
@@ -568,7 +578,7 @@ class MqttBridge:
             "not_stored": c.not_stored, "skipped_retained": c.skipped_retained,
             "unmappable": c.unmappable, "too_large": c.too_large, "echoes_dropped": c.echoes, "exported": c.exported,
             "export_queued": len(self._backlog), "export_dropped": c.export_dropped,
-            "export_unmappable": c.export_unmappable, "subscribe_refused": c.subscribe_refused,
+            "export_unmappable": c.export_unmappable, "export_refused": c.export_refused, "subscribe_refused": c.subscribe_refused,
         }
 
 
