@@ -1,7 +1,7 @@
 """A real MQTT broker for the bridge tests (not a test module).
 
-Debian's Mosquitto where installed (``.ci/run`` installs it), else ``amqtt``
-from the test extra (MQTT 3.1.1 only: tests that need MQTT 5 say so and fail).
+Debian's Mosquitto (``.ci/run`` installs it; without it every MQTT test fails
+saying how to install it).
 The broker listens on a free loopback port and keeps its persistence files in
 its own directory, so a restart on the same port finds the sessions again.
 """
@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,6 +28,8 @@ from paho.mqtt.properties import Properties
 
 from conftest import free_port
 
+MISSING = ("the MQTT tests need Debian's mosquitto broker: sudo apt-get install mosquitto "
+           "(.ci/run installs it)")
 MOSQUITTO_PLACES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
 
@@ -41,7 +42,7 @@ def mosquitto_binary() -> str | None:
 
 @dataclass
 class Broker:
-    kind: str  # "mosquitto" or "amqtt"
+    kind: str  # "mosquitto"
     port: int
     workdir: Path
     proc: subprocess.Popen[str] | None = None
@@ -52,33 +53,18 @@ class Broker:
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
-    @property
-    def speaks_v5(self) -> bool:
-        return self.kind == "mosquitto"
-
     def start(self) -> "Broker":
         binary = mosquitto_binary()
-        if self.kind == "mosquitto":
-            assert binary, "mosquitto is not installed (apt-get install mosquitto)"
-            conf = self.workdir / "mosquitto.conf"
-            conf.write_text(
-                f"{self.head}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                f"user {getpass.getuser()}\n"  # as root it would switch to an unprivileged user
-                f"persistence true\npersistence_location {self.workdir}/\n"
-                "autosave_interval 0\nmax_queued_messages 100000\n"
-                f"log_dest stderr\nlog_type error\nlog_type warning\n{self.extra}\n")
-            cmd = [binary, "-c", str(conf)]
-        else:
-            conf = self.workdir / "amqtt.yaml"
-            conf.write_text(
-                "listeners:\n  default:\n    type: tcp\n"
-                f"    bind: 127.0.0.1:{self.port}\n"
-                "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
-                "    allow_anonymous: true\n")
-            amqtt = Path(sys.executable).with_name("amqtt")
-            cmd = [str(amqtt) if amqtt.exists() else "amqtt", "-c", str(conf)]
-        self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+        assert binary, MISSING
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"{self.head}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"user {getpass.getuser()}\n"  # as root it would switch to an unprivileged user
+            f"persistence true\npersistence_location {self.workdir}/\n"
+            "autosave_interval 0\nmax_queued_messages 100000\n"
+            f"log_dest stderr\nlog_type error\nlog_type warning\n{self.extra}\n")
+        self.proc = subprocess.Popen([binary, "-c", str(conf)], cwd=self.workdir,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self._wait_listening()
         return self
 
@@ -114,15 +100,6 @@ class Broker:
         self.start()
 
 
-def broker_kind() -> str:
-    """mosquitto when installed, else amqtt; LEAF_TEST_MQTT_BROKER=amqtt forces the fallback."""
-    forced = os.environ.get("LEAF_TEST_MQTT_BROKER", "")
-    if forced:
-        assert forced in ("mosquitto", "amqtt"), f"LEAF_TEST_MQTT_BROKER={forced!r}"
-        return forced
-    return "mosquitto" if mosquitto_binary() else "amqtt"
-
-
 def start_broker(extra: str = "") -> Broker:
     """Start a fresh broker on a free port."""
     return reserve_broker(extra).start()
@@ -131,7 +108,7 @@ def start_broker(extra: str = "") -> Broker:
 def reserve_broker(extra: str = "") -> Broker:
     """A broker with its port and directory chosen but not started yet (``.start()`` it)."""
     workdir = Path(tempfile.mkdtemp(prefix="mqtt-test-"))
-    return Broker(broker_kind(), free_port(), workdir, extra=extra)
+    return Broker("mosquitto", free_port(), workdir, extra=extra)
 
 
 @dataclass
