@@ -42,6 +42,18 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> N
     raise RuntimeError(f"server did not accept on port {port} within {timeout}s")
 
 
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+    """Signal ``proc`` (if it still runs), wait for it, kill it if it does not exit in time."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 @dataclass
 class ServerProc:
     """A broker process under test: leaf or nats-server."""
@@ -57,14 +69,7 @@ class ServerProc:
         return f"nats://127.0.0.1:{self.port}"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, sig, timeout)
 
     def output(self) -> str:
         if self.proc.poll() is None:

@@ -26,7 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from conftest import free_port
+from conftest import free_port, stop_process
 
 MISSING = ("the MQTT tests need Debian's mosquitto broker: sudo apt-get install mosquitto "
            "(.ci/run installs it)")
@@ -86,14 +86,8 @@ class Broker:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc, sig)
 
     def restart(self) -> None:
         self.stop()

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +21,7 @@ from conftest import ROOT, free_port, wait_for_port
 from leaf import boards, cli, config
 from leaf.errors import ConfigError
 from leaf.stream_config import StreamOptions
+from test_cli import port_from_log
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,7 +29,6 @@ ALL = boards.names()
 GATEWAYS = [b.name for b in boards.load_all() if b.kind == boards.GATEWAY]
 MCUS = [b.name for b in boards.load_all() if b.kind == boards.MCU]
 SUBJECTS = ["sensors.>"]
-LISTENING = re.compile(r"Listening for client connections on 127\.0\.0\.1:(\d+)")
 
 # A value for every key a profile may set, unlike any profile's, and how the Config shows it.
 USER_VALUES: dict[tuple[str, str], tuple[Any, Any]] = {
@@ -298,16 +297,9 @@ def _run_leaf(*args: str) -> tuple[subprocess.Popen, int, int]:
     proc = subprocess.Popen([sys.executable, "-m", "leaf", "run", "-a", "127.0.0.1", "-p", "0",
                              "-m", str(http_port), *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        m = LISTENING.search(line)
-        if m:
-            port = int(m.group(1))
-            wait_for_port(port, proc)
-            return proc, port, http_port
-    raise AssertionError(f"leaf exited ({proc.wait()}) without listening:\n{''.join(seen)}")
+    port = port_from_log(proc)
+    wait_for_port(port, proc)
+    return proc, port, http_port
 
 
 def _varz(http_port: int) -> dict[str, Any]:

@@ -25,7 +25,7 @@ def _spawn(*args: str) -> subprocess.Popen:
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _port_from_log(proc: subprocess.Popen) -> int:
+def port_from_log(proc: subprocess.Popen) -> int:
     """Read the log until the listening line; fail loudly if the process dies first."""
     assert proc.stdout is not None
     seen = []
@@ -40,7 +40,7 @@ def _port_from_log(proc: subprocess.Popen) -> int:
 async def test_port_zero_picks_a_free_port_and_logs_it() -> None:
     proc = _spawn("-p", "0")
     try:
-        port = _port_from_log(proc)
+        port = port_from_log(proc)
         assert port != 0
         nc = await nats.connect(f"nats://127.0.0.1:{port}", allow_reconnect=False)
         sub = await nc.subscribe("hello")
@@ -55,7 +55,7 @@ async def test_port_zero_picks_a_free_port_and_logs_it() -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_shuts_down_cleanly(sig: int) -> None:
     proc = _spawn("-p", "0")
-    port = _port_from_log(proc)
+    port = port_from_log(proc)
     client = socket.create_connection(("127.0.0.1", port))
     client.settimeout(5)
     assert client.recv(5) == b"INFO "
@@ -156,8 +156,9 @@ def test_bad_upstream_settings_exit_2_without_echoing_secrets(
     assert UPSTREAM_SECRET not in out.stderr and "Traceback" not in out.stderr
 
 
-def test_upstream_flags_reach_the_running_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Repeated --upstream URLs, resolved by finalize, are what the app is started with."""
+def record_app_starts(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """`leaf run` in this process, without running anything: the list fills with the
+    configuration each run would have started the broker with."""
     import leaf.app
 
     started: list[Any] = []
@@ -171,6 +172,12 @@ def test_upstream_flags_reach_the_running_configuration(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(leaf.app, "App", RecordingApp)
     monkeypatch.setattr(cli, "_setup_logging", lambda *args: None)
+    return started
+
+
+def test_upstream_flags_reach_the_running_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repeated --upstream URLs, resolved by finalize, are what the app is started with."""
+    started = record_app_starts(monkeypatch)
     assert cli.main(["run", "-p", "0", "-n", "gw-1", "--upstream", "nats://a",
                      "--upstream", "tls://b:1"]) == 0
     upstream = started[0].upstream

@@ -41,21 +41,12 @@ from leaf.proto.leafnode import (
     ls_plus,
 )
 from leaf.proto.parser import MAX_CONTROL_LINE_EXCEEDED, MAX_PAYLOAD_VIOLATION, UNKNOWN_OP
-from test_parser import Rcv  # the hub's view of a subscriber, shared with the hub tests
+from test_parser import NO_ERROR, Rcv, bytewise, cut, flat  # Rcv: the hub's view of a subscriber
+from test_parser import run as run_parser
 
 # -- helpers ---------------------------------------------------------------------------------------
 
-NO_ERROR = "no error"
 Outcome = tuple[list[tuple], Any]
-
-
-def flat(events: list[Any]) -> list[Any]:
-    """Batched events (Pubs, PubBatch) as the single events they stand for."""
-    out: list[Any] = []
-    for ev in events:
-        singles = getattr(ev, "singles", None)
-        out.extend(singles() if singles is not None else [ev])
-    return out
 
 
 def describe(ev: Any) -> tuple:
@@ -65,25 +56,10 @@ def describe(ev: Any) -> tuple:
 
 
 def run(chunks: list[bytes], make: Callable[[], LeafParser] = LeafParser) -> Outcome:
-    """Feed ``chunks`` to a fresh parser: the (flattened, described) events and the err of the
-    error that ended the stream (or NO_ERROR). Only ProtocolError may come out of the parser."""
-    parser = make()
-    events: list[Any] = []
-    for chunk in chunks:
-        try:
-            events += parser.feed(chunk)
-        except ProtocolError as exc:
-            return [describe(e) for e in flat(events + exc.events)], exc.err
-    return [describe(e) for e in flat(events)], NO_ERROR
-
-
-def bytewise(data: bytes) -> list[bytes]:
-    return [data[i:i + 1] for i in range(len(data))]
-
-
-def cut(data: bytes, points: list[int]) -> list[bytes]:
-    edges = [0, *sorted(set(points)), len(data)]
-    return [data[a:b] for a, b in zip(edges, edges[1:])]
+    """The client parser tests' run with a leafnode parser: the (flattened, described) events
+    and the err of the error that ended the stream (or NO_ERROR)."""
+    events, err = run_parser(chunks, make)  # type: ignore[arg-type]
+    return [describe(e) for e in events], err
 
 
 def parse_error(data: bytes, **limits: int) -> ProtocolError:

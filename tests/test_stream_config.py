@@ -19,6 +19,7 @@ from leaf import cli, config
 from leaf.errors import ConfigError
 from leaf.store import Limits
 from leaf.stream_config import StreamOptions, parse_stream
+from test_cli import record_app_starts
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -294,21 +295,9 @@ def test_bad_stream_settings_exit_2(tmp_path: Path, config_text: str | None, arg
 @pytest.mark.parametrize("flag", ["-sd", "--store_dir"])
 def test_store_dir_flag_reaches_the_running_configuration(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: str) -> None:
-    import leaf.app
-
-    started: list[Any] = []
-
-    class RecordingApp:
-        def __init__(self, cfg: Any) -> None:
-            started.append(cfg)
-
-        async def run(self) -> None:
-            return None
-
+    started = record_app_starts(monkeypatch)
     path = tmp_path / "leaf.toml"
     path.write_text('[stream]\nsubjects = ["sensors.>"]\ndir = "from-file"\n')
-    monkeypatch.setattr(leaf.app, "App", RecordingApp)
-    monkeypatch.setattr(cli, "_setup_logging", lambda *args: None)
     store = str(tmp_path / "store")
     assert cli.main(["run", "-p", "0", "-c", str(path), flag, store]) == 0
     assert started[0].stream.dir == store

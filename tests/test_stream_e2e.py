@@ -42,7 +42,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import APIError
 
-from conftest import ROOT, free_port, wait_for_port
+from conftest import ROOT, free_port, stop_process, wait_for_port
 from interop_support import ahttp_json, leaf_toml
 from leaf.store import FileStream
 from leaf.streaming import EXPIRE_EVERY
@@ -75,13 +75,7 @@ class Leaf:
         return "".join(self.lines)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig, timeout)
 
     def kill9(self) -> None:
         self.stop(signal.SIGKILL)
