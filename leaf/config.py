@@ -113,6 +113,15 @@ def _tls_files(label: str, path: str) -> bytes:
         raise ConfigError(f"{label} {path}: cannot read: {exc.strerror or exc}") from None
 
 
+def load_ca(ctx: ssl.SSLContext, path: str, label: str) -> None:
+    """CA certificates to verify the other side with; a ConfigError naming ``label``."""
+    try:
+        ctx.load_verify_locations(path)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        raise ConfigError(f"{label} {path}: cannot load CA certificates ({reason})") from None
+
+
 def load_certificate(ctx: ssl.SSLContext, cert_file: str, key_file: str, cert_label: str,
                      key_label: str, section: str) -> None:
     """Load a certificate and its key into ``ctx``; a ConfigError names the bad file."""
@@ -169,12 +178,7 @@ class TLSConfig:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         load_certificate(ctx, self.cert_file, self.key_file, cert_label, key_label, "tls")
         if self.ca_file:
-            try:
-                ctx.load_verify_locations(self.ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
-                raise ConfigError(f"{ca_label} {self.ca_file}: cannot load CA certificates "
-                                  f"({reason})") from None
+            load_ca(ctx, self.ca_file, ca_label)
         if self.verify:
             ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx

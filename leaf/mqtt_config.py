@@ -217,20 +217,31 @@ def _qos(t: dict[str, Any], where: str, highest: int = 2) -> int:
     return int(value)
 
 
-def _import(raw: Any, where: str) -> ImportRule:
-    from leaf.bridges.mqtt_topics import MappingError, TopicRoute
+def _mapping(t: dict[str, Any], where: str, key: str, other: str, example: str,
+             route: Any) -> tuple[str, str]:
+    """A rule's pattern (``key``, required) and template (``other``; "" maps the pattern
+    as it is), checked by compiling them into ``route``."""
+    from leaf.bridges.mqtt_topics import MappingError
 
-    t = _table(raw, where, _IMPORT_KEYS)
-    if "topic" not in t:
-        raise ConfigError(f"{where}.topic: missing (an MQTT topic filter such as \"sensors/#\")")
-    topic = _typed("str", t["topic"], f"{where}.topic")
-    subject = _typed("str", t.get("subject", ""), f"{where}.subject")
-    if "subject" in t and not subject:
-        raise ConfigError(f"{where}.subject: is empty (remove it to map the topic as it is)")
+    if key not in t:
+        raise ConfigError(f"{where}.{key}: missing ({example})")
+    pattern = _typed("str", t[key], f"{where}.{key}")
+    template = _typed("str", t.get(other, ""), f"{where}.{other}")
+    if other in t and not template:
+        raise ConfigError(f"{where}.{other}: is empty (remove it to map the {key} as it is)")
     try:
-        TopicRoute(topic, subject or None)
+        route(pattern, template or None)
     except MappingError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    return pattern, template
+
+
+def _import(raw: Any, where: str) -> ImportRule:
+    from leaf.bridges.mqtt_topics import TopicRoute
+
+    t = _table(raw, where, _IMPORT_KEYS)
+    topic, subject = _mapping(t, where, "topic", "subject",
+                              "an MQTT topic filter such as \"sensors/#\"", TopicRoute)
     retained = _typed("str", t.get("retained", "forward"), f"{where}.retained")
     if retained not in RETAINED:
         raise ConfigError(f"{where}.retained: \"forward\" or \"skip\", got {retained!r}")
@@ -238,18 +249,10 @@ def _import(raw: Any, where: str) -> ImportRule:
 
 
 def _export(raw: Any, where: str) -> ExportRule:
-    from leaf.bridges.mqtt_topics import MappingError, SubjectRoute
+    from leaf.bridges.mqtt_topics import SubjectRoute
 
     t = _table(raw, where, _EXPORT_KEYS)
-    if "subject" not in t:
-        raise ConfigError(f"{where}.subject: missing (a subject such as \"cmd.>\")")
-    subject = _typed("str", t["subject"], f"{where}.subject")
-    topic = _typed("str", t.get("topic", ""), f"{where}.topic")
-    if "topic" in t and not topic:
-        raise ConfigError(f"{where}.topic: is empty (remove it to map the subject as it is)")
-    try:
-        SubjectRoute(subject, topic or None)
-    except MappingError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    subject, topic = _mapping(t, where, "subject", "topic", "a subject such as \"cmd.>\"",
+                              SubjectRoute)
     retain = _typed("bool", t.get("retain", False), f"{where}.retain")
     return ExportRule(subject, topic, _qos(t, where), retain)

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from leaf.config import (
-    _got, _require, _table, _typed, load_certificate, parse_duration, parse_size,
+    _got, _require, _table, _typed, load_ca, load_certificate, parse_duration, parse_size,
 )
 from leaf.errors import ConfigError
 from leaf.subjects import is_valid_subscription_subject
@@ -191,12 +191,7 @@ class UpstreamTLS:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         elif self.ca_file:
-            try:
-                ctx.load_verify_locations(self.ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
-                raise ConfigError(f"{labels['ca_file']} {self.ca_file}: cannot load CA "
-                                  f"certificates ({reason})") from None
+            load_ca(ctx, self.ca_file, labels["ca_file"])
         else:
             ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
         if self.cert_file:
