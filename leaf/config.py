@@ -19,7 +19,7 @@ import ssl
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from leaf.auth import BCRYPT_PREFIX, Authenticator, Permissions, User, is_bcrypt_hash
 from leaf.errors import ConfigError
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from leaf.stream_config import StreamOptions
     from leaf.upstream_config import UpstreamOptions
 
+T = TypeVar("T")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -111,6 +112,16 @@ def _tls_files(label: str, path: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"{label} {path}: cannot read: {exc.strerror or exc}") from None
+
+
+def parse_tables(raw: Any, name: str, what: str, parse: Callable[[Any, str], T]) -> tuple[T, ...]:
+    """A TOML array of tables ``[[name]]`` (one plain table counts as one), each entry
+    parsed by ``parse(entry, "name[i]")``; ``what`` says what one table stands for."""
+    if isinstance(raw, dict):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{name}: expected [[{name}]] tables ({what})")
+    return tuple(parse(entry, f"{name}[{i}]") for i, entry in enumerate(raw))
 
 
 def load_ca(ctx: ssl.SSLContext, path: str, label: str) -> None:
@@ -286,8 +297,10 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def from_dict(raw: dict[str, Any], source: str = "") -> Config:
-    # upstream_config and stream_config build on this module's value parsers:
-    # imported here, not at the top.
+    # The sections' own modules build on this module's value parsers: imported
+    # here, not at the top.
+    from leaf.mqtt_config import parse_mqtt
+    from leaf.serial_config import parse_serial
     from leaf.stream_config import parse_stream
     from leaf.upstream_config import parse_upstream
 
@@ -343,22 +356,10 @@ def from_dict(raw: dict[str, Any], source: str = "") -> Config:
         trace=_typed("bool", log.get("trace", False), "log.trace"),
         upstream=parse_upstream(raw["upstream"]) if "upstream" in raw else None,
         stream=parse_stream(raw["stream"]) if "stream" in raw else None,
-        serial=_serial(raw["serial"]) if "serial" in raw else (),
-        mqtt=_mqtt(raw["mqtt"]) if "mqtt" in raw else (), source=source)
+        serial=parse_serial(raw["serial"]) if "serial" in raw else (),
+        mqtt=parse_mqtt(raw["mqtt"]) if "mqtt" in raw else (), source=source)
     cfg.authenticator()  # reject impossible combinations now, not at first CONNECT
     return cfg
-
-
-def _serial(raw: Any) -> tuple[Any, ...]:
-    from leaf.serial_config import parse_serial  # builds on this module's parsers
-
-    return parse_serial(raw)
-
-
-def _mqtt(raw: Any) -> tuple[Any, ...]:
-    from leaf.mqtt_config import parse_mqtt  # builds on this module's parsers
-
-    return parse_mqtt(raw)
 
 
 def _server_section(raw: Any) -> dict[str, Any]:

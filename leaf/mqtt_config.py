@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from leaf.config import _got, _table, _typed, parse_duration
+from leaf.config import _got, _table, _typed, parse_duration, parse_tables
 from leaf.errors import ConfigError
 from leaf.upstream_config import UpstreamTLS, default_name, parse_tls
 
@@ -83,11 +83,7 @@ class MqttOptions:
 
 def parse_mqtt(raw: Any) -> tuple[MqttOptions, ...]:
     """The TOML ``[[mqtt]]`` array of tables."""
-    if isinstance(raw, dict):
-        raw = [raw]
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError("mqtt: expected [[mqtt]] tables (one per broker)")
-    bridges = tuple(_bridge(entry, f"mqtt[{i}]") for i, entry in enumerate(raw))
+    bridges = parse_tables(raw, "mqtt", "one per broker", _bridge)
     ids: dict[tuple[str, int, str], int] = {}
     for i, b in enumerate(bridges):
         key = (b.host, b.port, b.client_id)

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from leaf.config import _table, _typed, parse_duration
+from leaf.config import _table, _typed, parse_duration, parse_tables
 from leaf.errors import ConfigError
 
 FRAMINGS = ("cobs-cbor", "lines", "json-lines")
@@ -75,11 +75,7 @@ class SerialOptions:
 
 def parse_serial(raw: Any) -> tuple[SerialOptions, ...]:
     """The TOML ``[[serial]]`` array of tables."""
-    if isinstance(raw, dict):
-        raw = [raw]
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError("serial: expected [[serial]] tables (one per port)")
-    ports = tuple(_port(entry, f"serial[{i}]") for i, entry in enumerate(raw))
+    ports = parse_tables(raw, "serial", "one per port", _port)
     seen: dict[str, int] = {}
     for i, p in enumerate(ports):
         if p.port:
