@@ -12,7 +12,7 @@ import nats
 import pytest
 
 from conftest import ROOT, ServerProc, start_leaf, start_nats_server
-from leaf import cli, config
+from leaf import config
 from leaf.errors import ConfigError
 
 
@@ -155,13 +155,6 @@ def test_run_with_serial_flag_reads_a_sensor_on_a_pty() -> None:
         sensor.terminate()
         sensor.wait(10)
         srv.stop()
-
-
-def test_cli_lists_the_new_commands() -> None:
-    parser = cli.build_parser()
-    text = parser.format_help()
-    for command in ("mqtt", "sub", "pub"):
-        assert command in text
 
 
 def test_the_readmes_zigbee2mqtt_block_is_valid_and_lint_clean(tmp_path: Path) -> None:

@@ -165,7 +165,8 @@ class MqttBridge:
             props.SessionExpiryInterval = 0 if o.clean_start else o.session_expiry
             props.ReceiveMaximum = o.max_inflight
             props.MaximumPacketSize = self.server.options.max_payload + HEADROOM
-        client.connect_async(o.host, o.port, o.keepalive, clean_start=o.clean_start if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+        clean_start = o.clean_start if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY
+        client.connect_async(o.host, o.port, o.keepalive, clean_start=clean_start,
                              properties=props)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -230,7 +231,7 @@ class MqttBridge:
         # The bridge reads the socket; paho gets what is not a QoS 0/1 PUBLISH (there
         # is no public way to hand paho a socket: it gets this one as its own).
         splitter = PacketSplitter(self._take_safely, self.options.protocol == 5,
-                                  self.server.options.max_payload + HEADROOM, self._too_large)
+                                  self.server.options.max_payload + HEADROOM, self._oversize)
         sock = client._sock = WireSocket(raw, splitter)  # noqa: SLF001
         self._sock = sock
         loop.add_reader(sock, self._readable)
@@ -412,10 +413,14 @@ class MqttBridge:
             topic = b"\xff"  # no subject for it: counted as unmappable
         self._take_safely(topic, msg.payload, msg.qos, msg.mid, bool(msg.retain))
 
+    def _oversize(self, topic: bytes, size: int, qos: int, mid: int) -> None:
+        """The splitter skipped a PUBLISH too large to keep."""
+        self.counters.received += 1
+        self._too_large(topic, size, qos, mid)
+
     def _too_large(self, topic: bytes, size: int, qos: int, mid: int) -> None:
         """A message over max_payload: no subject may carry it. Counted, logged, and
-        acknowledged (QoS 1/2 would otherwise come back on every connection)."""
-        self.counters.received += 1
+        acknowledged (at QoS 1 it would otherwise come back on every connection)."""
         self.counters.too_large += 1
         if self.counters.too_large == 1 or self.counters.too_large % 1000 == 0:
             log.warning("mqtt %s: a message of %d bytes on %r is over max_payload (%d); "
@@ -443,7 +448,6 @@ class MqttBridge:
             self._ack(mid, qos, self._generation)
             return
         if len(payload) > self.server.options.max_payload:
-            self.counters.received -= 1  # counted again there
             self._too_large(topic, len(payload), qos, mid)
             return
         route = self._routes.get(topic)
@@ -569,16 +573,19 @@ class MqttBridge:
             "connected_since": _iso(self.connected_since) if self.connected else "",
             "connects": c.connects, "reconnects": max(0, c.connects - 1),
             "last_error": self.last_error,
-            "imports": [{"topic": i.rule.topic, "subject": i.route.subject_template, "qos": i.rule.qos}
-                        for i in self.imports],
-            "exports": [{"subject": e.rule.subject, "topic": e.route.topic_template, "qos": e.rule.qos}
+            "imports": [{"topic": i.rule.topic, "subject": i.route.subject_template,
+                         "qos": i.rule.qos} for i in self.imports],
+            "exports": [{"subject": e.rule.subject, "topic": e.route.topic_template,
+                         "qos": e.rule.qos}
                         for e in self.exports],
             "received": c.received, "imported": c.imported, "acked_durable": c.acked_durable,
             "waiting_durable": self.publisher.waiting if self.publisher else 0,
             "not_stored": c.not_stored, "skipped_retained": c.skipped_retained,
-            "unmappable": c.unmappable, "too_large": c.too_large, "echoes_dropped": c.echoes, "exported": c.exported,
+            "unmappable": c.unmappable, "too_large": c.too_large, "echoes_dropped": c.echoes,
+            "exported": c.exported,
             "export_queued": len(self._backlog), "export_dropped": c.export_dropped,
-            "export_unmappable": c.export_unmappable, "export_refused": c.export_refused, "subscribe_refused": c.subscribe_refused,
+            "export_unmappable": c.export_unmappable, "export_refused": c.export_refused,
+            "errors": dict(c.errors), "subscribe_refused": c.subscribe_refused,
         }
 
 

@@ -52,7 +52,8 @@ class PortCounters:
     reboots: int = 0
     opens: int = 0
     commands: int = 0
-    errors: dict[str, int] = field(default_factory=dict)  # the bridge's own; status adds the decoder's
+    # The bridge's own errors by reason; status() adds the decoder's.
+    errors: dict[str, int] = field(default_factory=dict)
 
 
 class SerialPort:
